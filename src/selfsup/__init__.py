@@ -1,0 +1,3 @@
+"""selfsup: train, evaluate and compare self-supervised representation learners."""
+
+__version__ = "0.1.0"

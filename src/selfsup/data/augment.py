@@ -1,0 +1,598 @@
+"""Batched, on-device image augmentation with independent random parameters per sample.
+
+:class:`BatchAugment` applies, in SimCLR order, to a whole batch ``(N, C, H, W)`` at once:
+
+1. geometry: random resized crop -> horizontal flip -> vertical flip -> random affine (rotation +
+   scale about the centre), all folded into ONE per-sample affine sampling grid;
+2. colour jitter (brightness, contrast, saturation, hue in a per-sample random order), with
+   probability ``jitter_prob``;
+3. random grayscale;
+4. Gaussian blur with a per-sample sigma;
+5. solarization (threshold 0.5);
+6. binarization (optional);
+7. per-channel normalization (optional).
+
+All random parameters are drawn on the CPU from a ``torch.Generator`` (:meth:`BatchAugment.
+sample_params`), so a seed gives the same parameters whatever device the images live on;
+:meth:`BatchAugment.apply` is deterministic given the parameters. Formulas follow torchvision
+(``transforms.v2``) so that, for fixed parameters, results agree with the per-image torchvision
+transforms up to floating point (and, for a crop combined with a rotation, interpolation) error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from selfsup.errors import ConfigError, DataError
+
+__all__ = ["AugmentConfig", "BatchAugment", "to_float"]
+
+# torchvision's luma weights (ITU-R 601-2 with torchvision's rounding of the red weight).
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+_INTERPOLATIONS = ("bilinear", "nearest")
+_MAX_CROP_TRIES = 10
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation settings; the defaults are the identity (no augmentation).
+
+    Attributes:
+        crop_scale: range ``[a, b]`` of the crop area as a fraction of the image area.
+        crop_ratio: range of the crop aspect ratio ``w / h`` (sampled uniformly in log space).
+        crop_prob: probability that the random resized crop is applied (else the full image).
+        hflip, vflip: probabilities of a horizontal / vertical flip.
+        jitter: colour jitter strengths ``[brightness, contrast, saturation, hue]`` as in
+            torchvision ``ColorJitter``: factors uniform in ``[max(0, 1 - s), 1 + s]``, hue shift
+            uniform in ``[-h, h]`` (fraction of a full turn).
+        jitter_prob: probability that colour jitter is applied to a sample.
+        grayscale: probability of converting to grayscale (channel count is kept).
+        blur_prob: probability of a Gaussian blur; ``blur_sigma`` is the sigma range and
+            ``blur_kernel`` the odd kernel size (0: ``int(0.1 * height)`` rounded up to odd, >= 3).
+        solarize_prob: probability of solarization ``x -> 1 - x`` where ``x >= 0.5``.
+        affine_degrees: rotation uniform in ``[-d, d]`` degrees; ``affine_scale`` the zoom range.
+        interpolation: ``"bilinear"`` or ``"nearest"``.
+        binarize: threshold ``t`` in ``[0, 1]``: ``x -> 1 if x > t else 0`` (None: off).
+        normalize: if true, ``x -> (x - mean[c]) / std[c]`` with the per-channel ``mean``/``std``.
+    """
+
+    crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])
+    crop_prob: float = 1.0
+    hflip: float = 0.0
+    vflip: float = 0.0
+    jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    jitter_prob: float = 0.0
+    grayscale: float = 0.0
+    blur_prob: float = 0.0
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    blur_kernel: int = 0
+    solarize_prob: float = 0.0
+    affine_degrees: float = 0.0
+    affine_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    interpolation: str = "bilinear"
+    binarize: float | None = None
+    normalize: bool = False
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for out-of-range or inconsistent values."""
+        for name in (
+            "crop_prob",
+            "hflip",
+            "vflip",
+            "jitter_prob",
+            "grayscale",
+            "blur_prob",
+            "solarize_prob",
+        ):
+            p = getattr(self, name)
+            if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+                raise ConfigError(
+                    f"augment.{name} = {p!r} is not a probability. Set it to a number between "
+                    "0 and 1 (0 disables the transform, 1 always applies it)."
+                )
+        a, b = _pair(self.crop_scale, "crop_scale")
+        if not 0.0 < a <= b <= 1.0:
+            raise ConfigError(
+                f"augment.crop_scale = {list(self.crop_scale)} is invalid: it must be [a, b] with "
+                "0 < a <= b <= 1 (fractions of the image area kept by the random crop), e.g. "
+                "[0.08, 1.0] as in SimCLR or [1.0, 1.0] for no cropping."
+            )
+        a, b = _pair(self.crop_ratio, "crop_ratio")
+        if not 0.0 < a <= b:
+            raise ConfigError(
+                f"augment.crop_ratio = {list(self.crop_ratio)} is invalid: it must be [a, b] with "
+                "0 < a <= b (aspect ratios width/height), e.g. [0.75, 1.3333]."
+            )
+        if len(self.jitter) != 4 or any(float(s) < 0 for s in self.jitter):
+            raise ConfigError(
+                f"augment.jitter = {list(self.jitter)} is invalid: it must be four non-negative "
+                "strengths [brightness, contrast, saturation, hue], e.g. [0.4, 0.4, 0.2, 0.1]."
+            )
+        if float(self.jitter[3]) > 0.5:
+            raise ConfigError(
+                f"augment.jitter hue strength {self.jitter[3]} is above 0.5. The hue shift is a "
+                "fraction of a full turn and is drawn from [-h, h]; use a value in [0, 0.5]."
+            )
+        a, b = _pair(self.blur_sigma, "blur_sigma")
+        if not 0.0 < a <= b:
+            raise ConfigError(
+                f"augment.blur_sigma = {list(self.blur_sigma)} is invalid: it must be [a, b] with "
+                "0 < a <= b (Gaussian standard deviations in pixels), e.g. [0.1, 2.0]."
+            )
+        if (
+            not isinstance(self.blur_kernel, int)
+            or self.blur_kernel < 0
+            or (self.blur_kernel > 0 and self.blur_kernel % 2 == 0)
+        ):
+            raise ConfigError(
+                f"augment.blur_kernel = {self.blur_kernel!r} is invalid: use an odd positive "
+                "kernel size, or 0 to pick an odd size near 10% of the image height."
+            )
+        if float(self.affine_degrees) < 0 or float(self.affine_degrees) > 180:
+            raise ConfigError(
+                f"augment.affine_degrees = {self.affine_degrees} is invalid: the rotation is drawn "
+                "from [-d, d] degrees, so use a value between 0 and 180."
+            )
+        a, b = _pair(self.affine_scale, "affine_scale")
+        if not 0.0 < a <= b:
+            raise ConfigError(
+                f"augment.affine_scale = {list(self.affine_scale)} is invalid: it must be [a, b] "
+                "with 0 < a <= b (zoom factors; [1.0, 1.0] disables scaling)."
+            )
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ConfigError(
+                f"augment.interpolation = {self.interpolation!r} is not supported. Use one of "
+                f"{', '.join(_INTERPOLATIONS)}."
+            )
+        if self.binarize is not None and not 0.0 <= float(self.binarize) <= 1.0:
+            raise ConfigError(
+                f"augment.binarize = {self.binarize} is invalid: it is a threshold on pixel values "
+                "in [0, 1]; use a number in [0, 1] or null to disable binarization."
+            )
+        if len(self.mean) != len(self.std):
+            raise ConfigError(
+                f"augment.mean has {len(self.mean)} values but augment.std has {len(self.std)}. "
+                "Give one mean and one std per image channel."
+            )
+        if self.normalize and not self.mean:
+            raise ConfigError(
+                "augment.normalize is true but augment.mean and augment.std are empty. Give one "
+                "mean and one std per image channel (e.g. [0.5] and [0.5] for grayscale images), "
+                "or set normalize to false."
+            )
+        if any(float(s) <= 0 for s in self.std):
+            raise ConfigError(
+                f"augment.std = {list(self.std)} contains a non-positive value; standard "
+                "deviations used for normalization must be > 0."
+            )
+
+
+def _pair(values: list[float], name: str) -> tuple[float, float]:
+    if len(values) != 2:
+        raise ConfigError(
+            f"augment.{name} = {list(values)} must have exactly two numbers [low, high]."
+        )
+    return float(values[0]), float(values[1])
+
+
+def to_float(x: Tensor) -> Tensor:
+    """Convert an image batch to float32 in [0, 1]: uint8 ``x -> x / 255``, floats are cast."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    if not x.is_floating_point():
+        raise DataError(
+            f"Images must be uint8 (0..255) or floating point (0..1), got dtype {x.dtype}. "
+            "Convert the images before augmenting them."
+        )
+    return x.to(torch.float32)
+
+
+def _gray(x: Tensor) -> Tensor:
+    """Luma ``0.2989 R + 0.587 G + 0.114 B`` of (N, 3, H, W) -> (N, 1, H, W) (torchvision)."""
+    r, g, b = x.unbind(dim=1)
+    return (
+        r.mul(_GRAY_WEIGHTS[0])
+        .add_(g, alpha=_GRAY_WEIGHTS[1])
+        .add_(b, alpha=_GRAY_WEIGHTS[2])[:, None]
+    )
+
+
+def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of (M, 3, H, W) images in [0, 1] by ``shift[m]`` turns (torchvision HSV).
+
+    With ``v = max``, ``d = max - min`` and ``6 h = (g - b) / d``, ``2 + (b - r) / d`` or
+    ``4 + (r - g) / d`` according to the maximal channel (r first, then g), the rotated image is
+    ``c_n = v - d clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 (h + shift)) mod 6`` and
+    ``n = 5, 3, 1`` for R, G, B: the closed form of HSV -> RGB, using ``v s = d``.
+    """
+    r, g, b = x.unbind(dim=1)
+    maxc = x.amax(dim=1)
+    cr = maxc - x.amin(dim=1)
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    num = torch.where(
+        is_r, g - b, torch.where(is_g, (b - r).add_(cr, alpha=2), (r - g).add_(cr, alpha=4))
+    )
+    h6 = num.div_(torch.where(cr == 0, torch.ones_like(cr), cr)).add_(6.0 * shift.view(-1, 1, 1))
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = torch.remainder(h6[:, None] + n, 6.0)
+    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return t.mul_(cr[:, None]).neg_().add_(maxc[:, None]).clamp_(0.0, 1.0)
+
+
+class BatchAugment(torch.nn.Module):
+    """Per-sample random augmentation of a batch (see the module docstring for the order).
+
+    Args:
+        cfg: the augmentation settings (validated here).
+        image_shape: ``(C, H, W)`` of the input images.
+        out_size: side of the square output; None keeps ``(H, W)``.
+    """
+
+    def __init__(
+        self, cfg: AugmentConfig, image_shape: tuple[int, int, int], out_size: int | None = None
+    ) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        if len(image_shape) != 3 or min(int(v) for v in image_shape) < 1:
+            raise ConfigError(
+                f"image_shape = {tuple(image_shape)} is invalid: give (channels, height, width) "
+                "with positive sizes."
+            )
+        c, h, w = (int(v) for v in image_shape)
+        self.image_shape = (c, h, w)
+        if out_size is not None and int(out_size) < 1:
+            raise ConfigError(f"out_size = {out_size} is invalid: use a positive image side.")
+        self.out_hw = (h, w) if out_size is None else (int(out_size), int(out_size))
+        self.jitter_on = cfg.jitter_prob > 0 and any(float(s) > 0 for s in cfg.jitter)
+        if c not in (1, 3) and (self.jitter_on or cfg.grayscale > 0):
+            raise ConfigError(
+                f"Colour jitter and grayscale need 1- or 3-channel images, but the images have "
+                f"{c} channels. Set augment.jitter_prob and augment.grayscale to 0."
+            )
+        kernel = cfg.blur_kernel
+        if kernel == 0:
+            kernel = int(0.1 * self.out_hw[0])
+            kernel = max(3, kernel + 1 if kernel % 2 == 0 else kernel)
+        if cfg.blur_prob > 0 and kernel // 2 >= min(self.out_hw):
+            raise ConfigError(
+                f"augment.blur_kernel = {kernel} is too large for {self.out_hw[0]}x"
+                f"{self.out_hw[1]} images (reflect padding needs kernel // 2 < image side). Use a "
+                "smaller odd kernel or 0 for the automatic size."
+            )
+        self.blur_kernel = kernel
+        self.affine_on = cfg.affine_degrees > 0 or list(cfg.affine_scale) != [1.0, 1.0]
+        if cfg.normalize and len(cfg.mean) != c:
+            raise ConfigError(
+                f"augment.mean/std have {len(cfg.mean)} values but the images have {c} channels. "
+                "Give one mean and one std per channel."
+            )
+        mean = torch.tensor([float(m) for m in cfg.mean] or [0.0], dtype=torch.float32)
+        std = torch.tensor([float(s) for s in cfg.std] or [1.0], dtype=torch.float32)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------ parameters
+    def sample_params(self, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Draw every per-sample random parameter on the CPU (independently per sample).
+
+        Returns a dict of CPU tensors (first dimension ``n``):
+        ``box`` int64 (n, 4) crop ``[top, left, height, width]`` in input pixels;
+        ``hflip``/``vflip`` bool; ``angle`` (degrees) and ``scale`` float;
+        ``jitter`` bool, ``jitter_factors`` (n, 4) ``[b, c, s, hue]`` (neutral 1, 1, 1, 0 for
+        disabled ops), ``jitter_order`` (n, 4) a permutation of ``0..3`` per sample;
+        ``grayscale`` bool; ``blur`` bool and ``sigma``; ``solarize`` bool.
+        """
+        cfg = self.cfg
+        g = generator
+        box = self._sample_boxes(n, g)
+
+        def coin(p: float) -> Tensor:
+            return torch.rand(n, generator=g) < p
+
+        hflip = coin(cfg.hflip)
+        vflip = coin(cfg.vflip)
+        u = torch.rand(n, 2, generator=g, dtype=torch.float64)
+        deg = float(cfg.affine_degrees)
+        angle = (u[:, 0] * 2.0 - 1.0) * deg
+        s0, s1 = (float(v) for v in cfg.affine_scale)
+        scale = s0 + u[:, 1] * (s1 - s0)
+
+        jitter = coin(cfg.jitter_prob) & self.jitter_on
+        uj = torch.rand(n, 4, generator=g, dtype=torch.float64)
+        lo = torch.tensor([max(0.0, 1.0 - float(s)) for s in cfg.jitter[:3]] + [-cfg.jitter[3]])
+        hi = torch.tensor([1.0 + float(s) for s in cfg.jitter[:3]] + [float(cfg.jitter[3])])
+        factors = lo.double() + uj * (hi.double() - lo.double())
+        order = torch.rand(n, 4, generator=g).argsort(dim=1)
+
+        gray = coin(cfg.grayscale)
+        blur = coin(cfg.blur_prob)
+        sg0, sg1 = (float(v) for v in cfg.blur_sigma)
+        sigma = sg0 + torch.rand(n, generator=g, dtype=torch.float64) * (sg1 - sg0)
+        solarize = coin(cfg.solarize_prob)
+        return {
+            "box": box,
+            "hflip": hflip,
+            "vflip": vflip,
+            "angle": angle.float(),
+            "scale": scale.float(),
+            "jitter": jitter,
+            "jitter_factors": factors.float(),
+            "jitter_order": order,
+            "grayscale": gray,
+            "blur": blur,
+            "sigma": sigma.float(),
+            "solarize": solarize,
+        }
+
+    def _sample_boxes(self, n: int, g: torch.Generator | None) -> Tensor:
+        """Vectorised ``RandomResizedCrop.get_params``: per sample up to 10 tries of
+        ``area = H W U(scale)``, ``ratio = exp(U(log ratio))``, ``w = round(sqrt(area ratio))``,
+        ``h = round(sqrt(area / ratio))``; the first try with ``0 < w <= W``, ``0 < h <= H`` is
+        kept with a uniform integer position, else the central crop clipped to the ratio range.
+        Samples without crop (probability ``1 - crop_prob``) get the full image."""
+        cfg = self.cfg
+        _, height, width = self.image_shape
+        area = float(height * width)
+        a0, a1 = (float(v) for v in cfg.crop_scale)
+        r0, r1 = (math.log(float(v)) for v in cfg.crop_ratio)
+        t = _MAX_CROP_TRIES
+        u = torch.rand(n, t, 2, generator=g, dtype=torch.float64)
+        target = area * (a0 + u[..., 0] * (a1 - a0))
+        ratio = torch.exp(r0 + u[..., 1] * (r1 - r0))
+        w = torch.round(torch.sqrt(target * ratio))
+        h = torch.round(torch.sqrt(target / ratio))
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = ok.to(torch.int8).argmax(dim=1, keepdim=True)  # index of first valid try
+        w = w.gather(1, first)[:, 0]
+        h = h.gather(1, first)[:, 0]
+        found = ok.any(dim=1)
+        # Fallback: central crop, clipped to the aspect-ratio range.
+        in_ratio = width / height
+        lo_r, hi_r = float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])
+        if in_ratio < lo_r:
+            fw, fh = width, int(round(width / lo_r))
+        elif in_ratio > hi_r:
+            fw, fh = int(round(height * hi_r)), height
+        else:
+            fw, fh = width, height
+        fw, fh = max(1, fw), max(1, fh)  # tiny images: never an empty crop
+        w = torch.where(found, w, torch.full_like(w, fw))
+        h = torch.where(found, h, torch.full_like(h, fh))
+        up = torch.rand(n, 2, generator=g, dtype=torch.float64)
+        top = torch.floor(up[:, 0] * (height - h + 1)).clamp_(max=height - h)
+        left = torch.floor(up[:, 1] * (width - w + 1)).clamp_(max=width - w)
+        top = torch.where(found, top, torch.floor((height - h) / 2))
+        left = torch.where(found, left, torch.floor((width - w) / 2))
+        box = torch.stack([top, left, h, w], dim=1).long()
+        apply = torch.rand(n, generator=g) < cfg.crop_prob
+        full = torch.tensor([0, 0, height, width], dtype=torch.long)
+        return torch.where(apply[:, None], box, full)
+
+    # ------------------------------------------------------------------ application
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment a batch (N, C, H, W) (uint8 or float in [0, 1]) with fresh random parameters;
+        returns float32 (N, C, out, out) on the input's device."""
+        return self.apply(x, self.sample_params(x.shape[0], generator))
+
+    def views(self, x: Tensor, n_views: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n_views`` independent augmentations of each sample, laid out sample-major:
+        rows ``[s0v0, s0v1, ..., s1v0, s1v1, ...]`` so ``out.view(N, n_views, C, h, w)[i]``
+        holds the views of sample ``i``."""
+        if n_views < 1:
+            raise ConfigError(f"n_views = {n_views} is invalid: ask for at least one view.")
+        return self.forward(x.repeat_interleave(n_views, dim=0), generator)
+
+    def eval_transform(self, x: Tensor) -> Tensor:
+        """Deterministic preprocessing for evaluation: ``normalize(to_float(x))``."""
+        self._check_input(x)
+        return self.normalize(to_float(x))
+
+    @staticmethod
+    def to_float(x: Tensor) -> Tensor:
+        """uint8 ``x -> x / 255`` as float32; float input is cast to float32."""
+        return to_float(x)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """``(x - mean[c]) / std[c]`` if ``cfg.normalize`` else ``x`` unchanged."""
+        if not self.cfg.normalize:
+            return x
+        mean = self.mean.to(device=x.device, dtype=x.dtype)
+        std = self.std.to(device=x.device, dtype=x.dtype)
+        return (x - mean) / std
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise DataError(
+                f"Augmentation was built for images of shape {self.image_shape} (C, H, W) but got "
+                f"a batch of shape {tuple(x.shape)}. Pass batches (N, C, H, W) of the dataset the "
+                "augmentation was configured for."
+            )
+
+    def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Apply the augmentation with the given parameters (deterministic).
+
+        ``params`` is the output of :meth:`sample_params` (CPU tensors), one row per sample.
+        """
+        self._check_input(x)
+        n = x.shape[0]
+        for key, value in params.items():
+            if value.shape[0] != n:
+                raise DataError(
+                    f"Augmentation parameter {key!r} is for {value.shape[0]} samples but the batch "
+                    f"has {n}. Draw parameters with sample_params(len(batch))."
+                )
+        x = to_float(x)
+        if n == 0:
+            return self.normalize(x.new_zeros(0, x.shape[1], *self.out_hw))
+        x = self._geometry(x, params)
+        if self.jitter_on:
+            x = self._jitter(x, params)
+        c = x.shape[1]
+        if self.cfg.grayscale > 0 and c == 3:
+            sel = params["grayscale"].to(x.device).view(-1, 1, 1, 1)
+            x = torch.where(sel, _gray(x).expand_as(x), x)
+        if self.cfg.blur_prob > 0:
+            x = self._blur(x, params)
+        if self.cfg.solarize_prob > 0:
+            sel = params["solarize"].to(x.device).view(-1, 1, 1, 1)
+            x = torch.where(sel & (x >= 0.5), 1.0 - x, x)
+        if self.cfg.binarize is not None:
+            x = (x > float(self.cfg.binarize)).to(x.dtype)
+        return self.normalize(x)
+
+    def _geometry(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Crop, flips and affine as one grid ``input = Crop . Flip . Affine^-1 (output)``.
+
+        In normalized coordinates (align_corners=False) of an output of size (Ho, Wo):
+        ``Affine^-1 = (1/s) [[cos a, sin a Ho/Wo], [-sin a Wo/Ho, cos a]]`` (torchvision's inverse
+        rotation by ``a`` about the centre), ``Flip = diag(+-1, +-1)``, and the crop box
+        ``(i, j, h, w)`` maps ``x -> (w / W) x + (2 j + w) / W - 1`` (same for y). Sampling points
+        are clamped to the pixel centres of the crop box, which reproduces the edge clamping of
+        ``resize(crop(img))``; outside the rotated/scaled crop the output is faded to zero exactly
+        like zero padding of the intermediate image.
+        """
+        _, height, width = self.image_shape
+        ho, wo = self.out_hw
+        box = params["box"].to(torch.float64)
+        top, left, bh, bw = box.unbind(dim=1)
+        hflip, vflip = params["hflip"], params["vflip"]
+        identity_crop = bool(
+            ((top == 0) & (left == 0) & (bh == height) & (bw == width)).all()
+            and (ho, wo) == (height, width)
+        )
+        no_flip = not bool(hflip.any() or vflip.any())
+        if self.affine_on:
+            angle = torch.deg2rad(params["angle"].to(torch.float64))
+            inv_s = 1.0 / params["scale"].to(torch.float64)
+            cos, sin = torch.cos(angle) * inv_s, torch.sin(angle) * inv_s
+            a_aff = torch.stack(
+                [torch.stack([cos, sin * ho / wo], -1), torch.stack([-sin * wo / ho, cos], -1)], -2
+            )
+            no_affine = bool(((params["angle"] == 0) & (params["scale"] == 1)).all())
+        else:
+            a_aff = torch.eye(2, dtype=torch.float64).expand(x.shape[0], 2, 2)
+            no_affine = True
+        if identity_crop and no_flip and no_affine:
+            return x
+        fx = 1.0 - 2.0 * hflip.to(torch.float64)
+        fy = 1.0 - 2.0 * vflip.to(torch.float64)
+        crop_flip = torch.stack([bw / width * fx, bh / height * fy], dim=1)  # diag(C) diag(F)
+        lin = crop_flip[:, :, None] * a_aff
+        trans = torch.stack([(2 * left + bw) / width - 1, (2 * top + bh) / height - 1], dim=1)
+        theta = torch.cat([lin, trans[:, :, None]], dim=2).to(device=x.device, dtype=x.dtype)
+        n, c = x.shape[:2]
+        grid = F.affine_grid(theta, [n, c, ho, wo], align_corners=False)
+        # Keep sampling points on pixel centres inside the crop box (edge clamping of resize).
+        lo = torch.stack([(2 * left + 1) / width - 1, (2 * top + 1) / height - 1], dim=1)
+        hi = torch.stack(
+            [(2 * (left + bw) - 1) / width - 1, (2 * (top + bh) - 1) / height - 1], dim=1
+        )
+        lo = lo.to(device=x.device, dtype=x.dtype).view(n, 1, 1, 2)
+        hi = hi.to(device=x.device, dtype=x.dtype).view(n, 1, 1, 2)
+        grid = torch.maximum(torch.minimum(grid, hi), lo)
+        mode = self.cfg.interpolation
+        if mode == "nearest":
+            # Nearest pixel centre as floor(coordinate + 1/2) (torchvision "nearest-exact").
+            size = torch.tensor([width, height], dtype=x.dtype, device=x.device)
+            pix = torch.floor((grid + 1) * size / 2 + 1e-4)
+            grid = (2 * pix + 1) / size - 1
+        out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+        if not no_affine:
+            theta_aff = torch.cat([a_aff, torch.zeros(n, 2, 1, dtype=torch.float64)], dim=2)
+            g1 = F.affine_grid(
+                theta_aff.to(device=x.device, dtype=x.dtype), [n, 1, ho, wo], align_corners=False
+            )
+            size = torch.tensor([wo, ho], dtype=x.dtype, device=x.device)
+            pix = (g1 + 1) * size / 2 - 0.5  # pixel coordinates in the intermediate image
+            if mode == "nearest":
+                inside = (pix >= -0.5) & (pix < size - 0.5)
+                mask = inside.all(dim=-1).to(x.dtype)
+            else:
+                m = (pix + 1).clamp(0, 1) * (size - pix).clamp(0, 1)
+                mask = m[..., 0] * m[..., 1]
+            out = out * mask[:, None]
+        return out
+
+    def _jitter(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Colour jitter in a per-sample random order, as torchvision ``ColorJitter``.
+
+        Pass ``k`` applies to each jittered sample the op ``order[n, k]``. Brightness, contrast and
+        saturation are one blend ``x <- clamp(f x + (1 - f) m, 0, 1)`` with ``m = 0``, the mean
+        of the grayscale image, or the per-pixel grayscale respectively (``f = 1``, the neutral
+        factor, for samples doing another op this pass); hue runs on the selected subset only.
+        """
+        strengths = [float(s) for s in self.cfg.jitter]
+        sel = params["jitter"]
+        if not bool(sel.any()):
+            return x
+        factors = params["jitter_factors"]
+        order = params["jitter_order"]
+        dev = x.device
+        c = x.shape[1]
+        for k in range(4):
+            op = torch.where(sel, order[:, k], torch.full_like(order[:, k], -1))
+            if c == 1:  # saturation and hue are no-ops on single-channel images
+                op = torch.where((op == 2) | (op == 3), torch.full_like(op, -1), op)
+            for o in range(4):
+                if strengths[o] == 0:
+                    op = torch.where(op == o, torch.full_like(op, -1), op)
+            use_b, use_c, use_s = (bool((op == o).any()) for o in range(3))
+            if use_b or use_c or use_s:
+                blend = (op >= 0) & (op <= 2)
+                safe = op.clamp(0, 2)
+                f = torch.where(blend, factors.gather(1, safe[:, None])[:, 0], 1.0)
+                f = f.to(device=dev, dtype=x.dtype).view(-1, 1, 1, 1)
+                m = None
+                if use_c or use_s:
+                    gray = _gray(x) if c == 3 else x
+                    is_c = (op == 1).to(device=dev, dtype=x.dtype).view(-1, 1, 1, 1)
+                    if use_c:
+                        m = is_c * gray.mean(dim=(1, 2, 3), keepdim=True)
+                    if use_s:
+                        is_s = (op == 2).to(device=dev, dtype=x.dtype).view(-1, 1, 1, 1)
+                        m = is_s * gray if m is None else m + is_s * gray
+                x = x * f if m is None else x * f + (1.0 - f) * m
+                x = x.clamp_(0.0, 1.0)
+            hue_idx = torch.nonzero(op == 3)[:, 0]
+            if hue_idx.numel():
+                shift = factors[hue_idx, 3].to(device=dev, dtype=x.dtype)
+                if hue_idx.numel() == x.shape[0]:
+                    x = _adjust_hue(x, shift)
+                else:
+                    idx = hue_idx.to(dev)
+                    x = x.index_copy(0, idx, _adjust_hue(x.index_select(0, idx), shift))
+        return x
+
+    def _blur(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Gaussian blur of the selected samples, kernel ``exp(-t^2 / (2 sigma^2))`` normalized
+        over ``t = -(k-1)/2 .. (k-1)/2``, applied separably (rows then columns) as a grouped
+        convolution with reflect padding ``k // 2`` (torchvision ``gaussian_blur``)."""
+        idx_cpu = torch.nonzero(params["blur"])[:, 0]
+        if idx_cpu.numel() == 0:
+            return x
+        k = self.blur_kernel
+        n, c, h, w = x.shape
+        dev = x.device
+        sigma = params["sigma"][idx_cpu].to(device=dev, dtype=x.dtype)
+        t = torch.linspace(-(k - 1) * 0.5, (k - 1) * 0.5, k, device=dev, dtype=x.dtype)
+        kern = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
+        kern = kern / kern.sum(dim=1, keepdim=True)  # (m, k)
+        m = idx_cpu.numel()
+        kern = kern.repeat_interleave(c, dim=0)  # (m*c, k)
+        whole = m == n
+        idx = idx_cpu.to(dev)
+        xs = x if whole else x.index_select(0, idx)
+        xs = F.pad(xs.reshape(1, m * c, h, w), [k // 2] * 4, mode="reflect")
+        xs = F.conv2d(xs, kern.view(m * c, 1, 1, k), groups=m * c)
+        xs = F.conv2d(xs, kern.view(m * c, 1, k, 1), groups=m * c).view(m, c, h, w)
+        return xs if whole else x.index_copy(0, idx, xs)

@@ -1,0 +1,284 @@
+"""Pipelines: resolve a config, train or resume a run, load a finished run, evaluate it.
+
+These are the library's entry points; ``cli.py`` only parses arguments and calls them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfsup.config import RunConfig, config_from_dict, load_yaml, preset_path, resolve_config
+from selfsup.data import dataset_spec, load_dataset
+from selfsup.data.base import AnyDataset, DataInfo, ImageDataset
+from selfsup.engine import (
+    CHECKPOINT_DIR,
+    LAST,
+    TrainResult,
+    check_output_dir,
+    data_info,
+    fit,
+    load_checkpoint_file,
+)
+from selfsup.errors import ConfigError, RunError
+from selfsup.methods import method_class
+from selfsup.methods.base import Method
+
+CONFIG_FILE = "config.yaml"
+
+
+# ----------------------------------------------------------------------------------- configs
+def _spec_info(dataset: str, image_size: int) -> DataInfo:
+    spec = dataset_spec(dataset)
+    shape = spec.image_shape or (3, image_size, image_size)
+    return DataInfo(name=dataset, image_shape=tuple(shape), num_classes=spec.num_classes,
+                    has_labels=spec.num_classes > 0)
+
+
+def build_config(
+    method: str,
+    dataset: str | None = None,
+    *,
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+    use_preset: bool = True,
+) -> RunConfig:
+    """Resolve a run config: defaults < method's dataset defaults < preset < file < flags/sets.
+
+    ``flags`` holds section-qualified values (``{"data": {"dir": ...}}``) and free-form method or
+    dataset options (``{"encode_method": "softmax"}``) resolved to the section that defines them.
+    """
+    from selfsup.config import flags_to_overrides, parse_overrides
+
+    cls = method_class(method)
+    file_layer = load_yaml(config_file) if config_file else {}
+    flags = dict(flags or {})
+    sectioned = {k: flags.pop(k) for k in list(flags) if isinstance(flags[k], dict)}
+    free = flags_to_overrides(flags, cls.config_class)
+    for section, values in free.items():
+        sectioned.setdefault(section, {}).update(values)
+    set_layer = parse_overrides(sets or [])
+    name = (
+        dataset
+        or set_layer.get("data", {}).get("name")
+        or file_layer.get("data", {}).get("name")
+        or "digits"
+    )
+    sectioned.setdefault("data", {})["name"] = name
+    image_size = int(
+        set_layer.get("data", {}).get("image_size")
+        or sectioned["data"].get("image_size")
+        or file_layer.get("data", {}).get("image_size")
+        or 64
+    )
+    layers: list[tuple[str, dict[str, Any]]] = [
+        (f"the defaults of {method} for {name}", cls.default_config(_spec_info(name, image_size)))
+    ]
+    preset = preset_path(method, name)
+    if use_preset and preset.is_file():
+        layers.append((f"preset {preset}", load_yaml(preset)))
+    if config_file:
+        layers.append((f"config file {config_file}", file_layer))
+    layers.append(("the command-line options", sectioned))
+    if set_layer:
+        layers.append(("the --set overrides", set_layer))
+    return resolve_config(method, cls.config_class, layers)
+
+
+# ------------------------------------------------------------------------------------ datasets
+def dataset_options(config: RunConfig) -> dict[str, Any]:
+    """The data-section values that the dataset itself takes as options (e.g. image_size)."""
+    allowed = dataset_spec(config.data.name).extra.get("options") or {}
+    return {k: getattr(config.data, k) for k in allowed if hasattr(config.data, k)}
+
+
+def load_split(config: RunConfig, split: str, data_dir: str | Path | None = None) -> AnyDataset:
+    return load_dataset(
+        config.data.name,
+        data_dir or config.data.dir,
+        split,
+        options=dataset_options(config),
+        download=config.data.download,
+    )
+
+
+def train_split_name(config: RunConfig) -> str:
+    return config.data.train_split or dataset_spec(config.data.name).train_split
+
+
+# ---------------------------------------------------------------------------------------- runs
+def default_run_dir(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.method}-{config.data.name}-{stamp}"
+
+
+def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method, TrainResult]:
+    """Train a new run into ``run_dir`` (which must not already hold a run)."""
+    run_dir = Path(run_dir) if run_dir else default_run_dir(config)
+    if (run_dir / CONFIG_FILE).exists():
+        raise RunError(
+            f"{run_dir} already holds a run. Continue it with `selfsup train --resume {run_dir}`, "
+            "or choose a new folder with --out."
+        )
+    check_output_dir(run_dir, needed_bytes=10 * 2**20)  # fail before loading data or training
+    torch.manual_seed(config.seed)
+    train_set = load_split(config, train_split_name(config))
+    test_set = _optional_test_split(config)
+    method = method_class(config.method)(config, data_info(train_set))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / CONFIG_FILE)  # after the method resolved its "auto" choices
+    result = fit(method, train_set, test_set, run_dir)
+    _finish(method, test_set or train_set, run_dir)
+    return method, result
+
+
+def resume(run_dir: str | Path, epochs: int | None = None) -> tuple[Method, TrainResult]:
+    """Continue a run from ``checkpoints/last.ckpt``; ``epochs`` may extend its budget."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    if epochs is not None:
+        config.trainer.epochs = epochs
+        config.validate()
+        config.save(run_dir / CONFIG_FILE)
+    if not (run_dir / CHECKPOINT_DIR / LAST).is_file():
+        raise RunError(
+            f"{run_dir} has no checkpoint to resume from ({CHECKPOINT_DIR}/{LAST} is missing): "
+            "the run stopped before its first checkpoint. Start it again with `selfsup train`."
+        )
+    train_set = load_split(config, train_split_name(config))
+    test_set = _optional_test_split(config)
+    method = method_class(config.method)(config, data_info(train_set))
+    result = fit(method, train_set, test_set, run_dir, resume=True)
+    _finish(method, test_set or train_set, run_dir)
+    return method, result
+
+
+def _optional_test_split(config: RunConfig) -> AnyDataset | None:
+    spec = dataset_spec(config.data.name)
+    if spec.test_split not in spec.splits or spec.num_classes <= 0:
+        return None
+    return load_split(config, spec.test_split)
+
+
+def _finish(method: Method, dataset: AnyDataset, run_dir: Path) -> None:
+    """End-of-run artefacts (image grids for generative models)."""
+    if not method.config.trainer.plots or not isinstance(dataset, ImageDataset):
+        return
+    from selfsup.plots import save_generative_grids
+
+    if method.generative:
+        save_generative_grids(method, dataset, run_dir / "images")
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not a selfsup run folder ({CONFIG_FILE} is missing). Pass the folder "
+            "that `selfsup train --out` wrote."
+        )
+    content = load_yaml(path)
+    method = content.get("method")
+    if not isinstance(method, str):
+        raise RunError(f"{path} has no `method:` entry; it is not a selfsup run config.")
+    try:
+        return config_from_dict(content, method_class(method).config_class, str(path))
+    except ConfigError as exc:
+        raise RunError(f"The run config {path} is invalid: {exc}") from None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
+             checkpoint: str | Path | None = None) -> Method:
+    """The trained method of a run folder, in eval mode on ``device``."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    path = Path(checkpoint) if checkpoint else run_dir / CHECKPOINT_DIR / LAST
+    ckpt = load_checkpoint_file(path)
+    meta = ckpt.get("selfsup", {})
+    if meta.get("method") not in (None, config.method):
+        raise RunError(
+            f"Checkpoint {path} was written by method {meta.get('method')!r}, but the run folder "
+            f"{run_dir} is a {config.method!r} run. Use the checkpoint that belongs to this run."
+        )
+    info_dict = meta.get("data_info")
+    if info_dict:
+        info = DataInfo(info_dict["name"], tuple(info_dict["image_shape"]),
+                        int(info_dict["num_classes"]), bool(info_dict["has_labels"]))
+    else:
+        spec = dataset_spec(config.data.name)
+        info = _spec_info(spec.name, config.data.image_size)
+    method = method_class(config.method)(config, info)
+    try:
+        method.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise RunError(
+            f"Checkpoint {path} does not fit the {config.method} model described by "
+            f"{run_dir / CONFIG_FILE} ({str(exc).splitlines()[0]}). The checkpoint belongs to "
+            "another run or configuration."
+        ) from None
+    return method.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------- evaluation
+PROBES = ("linear", "mlp", "knn", "gmm")
+
+
+@dataclass
+class Features:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def run_features(method: Method, data_dir: str | Path | None = None,
+                 device: str | torch.device = "cpu", batch_size: int = 512) -> Features:
+    """Frozen representations of the train and test splits (labeled samples only)."""
+    from selfsup.evaluate import extract_features
+
+    config = method.config
+    spec = dataset_spec(config.data.name)
+    if spec.num_classes <= 0:
+        raise ConfigError(
+            f"Dataset {spec.name} has no labels, so probes cannot be trained on it. Evaluate on a "
+            "labeled dataset."
+        )
+    train_set = load_split(config, spec.train_split, data_dir)
+    test_set = load_split(config, spec.test_split, data_dir)
+    train_x, train_y = extract_features(method.represent, train_set, batch_size, device)
+    test_x, test_y = extract_features(method.represent, test_set, batch_size, device)
+    return Features(train_x, train_y, test_x, test_y)
+
+
+def evaluate(method: Method, probe: str, data_dir: str | Path | None = None,
+             device: str | torch.device = "cpu", seed: int = 0,
+             features: Features | None = None) -> dict[str, Any]:
+    """Frozen-encoder evaluation: probes fit on train (selected on a val split of train), scored on test."""
+    from selfsup.evaluate import gmm_clustering, knn_probe, linear_probe, mlp_probe
+
+    if probe not in PROBES:
+        raise ConfigError(f"Unknown probe {probe!r}; choose one of {', '.join(PROBES)}.")
+    f = features or run_features(method, data_dir, device)
+    started = time.perf_counter()
+    if probe == "linear":
+        result = linear_probe(f.train_x, f.train_y, f.test_x, f.test_y, seed=seed, device=device)
+    elif probe == "mlp":
+        result = mlp_probe(f.train_x, f.train_y, f.test_x, f.test_y, seed=seed, device=device)
+    elif probe == "knn":
+        result = knn_probe(f.train_x, f.train_y, f.test_x, f.test_y, device=device)
+    else:
+        result = gmm_clustering(f.test_x, f.test_y, seed=seed)
+    result = dict(result)
+    result.update(
+        method=method.config.method,
+        dataset=method.config.data.name,
+        feature_dim=int(f.train_x.shape[1]),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return result

@@ -1,0 +1,32 @@
+"""Shared test setup: small thread count, quiet libraries, tiny configs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures.py importable as `fixtures`
+torch.set_num_threads(2)
+for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore")
+
+
+def tiny_vae_flags(epochs: int = 2, **trainer: object) -> dict:
+    """Flags for a very small, fast VAE run on the embedded digits."""
+    return {
+        "model": {"hidden": [64], "latent_dim": 4},
+        "trainer": {"epochs": epochs, "progress_bar": False, "plots": False, "log_every": 5,
+                    **trainer},
+        "data": {"batch_size": 64},
+    }
+
+
+@pytest.fixture
+def tiny_flags():
+    return tiny_vae_flags

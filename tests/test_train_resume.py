@@ -1,0 +1,141 @@
+"""Training writes a complete run folder; resuming reaches the same weights as never stopping."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from conftest import tiny_vae_flags
+from lightning.pytorch.callbacks import Callback
+
+from selfsup import engine, pipelines
+from selfsup.errors import NonFiniteLossError, RunError
+
+
+def _weights(method) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in method.state_dict().items()}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def test_run_folder_contents(tmp_path):
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=2))
+    method, result = pipelines.train(config, tmp_path / "run")
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "epoch=0000.ckpt").is_file()
+    assert (run / "metrics.csv").read_text().count("\n") > 2
+    assert any((run / "tensorboard").iterdir())
+    assert result.global_step == 2 * (1438 // 64)
+    loaded = pipelines.load_run(run)
+    _assert_same(_weights(method), _weights(loaded))
+    with pytest.raises(RunError, match="already holds a run"):
+        pipelines.train(config, run)
+
+
+def test_resume_from_epoch_end_matches_uninterrupted(tmp_path):
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=3))
+    full, _ = pipelines.train(config, tmp_path / "full")
+
+    short = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1))
+    pipelines.train(short, tmp_path / "split")
+    resumed, result = pipelines.resume(tmp_path / "split", epochs=3)
+    assert result.global_step == 3 * (1438 // 64)
+    _assert_same(_weights(full), _weights(resumed))
+
+
+class _InterruptAt(Callback):
+    """Sends SIGINT to this process after ``step`` optimizer steps (a user pressing Ctrl-C)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch):
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=2))
+    full, _ = pipelines.train(config, tmp_path / "full")
+
+    original_fit = engine.fit
+
+    def fit_with_interrupt(*args, **kwargs):
+        return original_fit(*args, **kwargs, extra_callbacks=[_InterruptAt(30)])
+
+    monkeypatch.setattr(pipelines, "fit", fit_with_interrupt)
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=2))
+    _, result = pipelines.train(config, tmp_path / "split")
+    assert result.interrupted and result.global_step in (30, 31)  # the step in flight finishes
+    monkeypatch.setattr(pipelines, "fit", original_fit)
+    resumed, result = pipelines.resume(tmp_path / "split")
+    assert result.global_step == 2 * (1438 // 64)
+    _assert_same(_weights(full), _weights(resumed))
+
+
+def test_in_memory_batches_order_and_sharding():
+    from selfsup.data import load_dataset
+
+    ds = load_dataset("digits", ".", "train")
+    loader = engine.InMemoryBatches(ds, 64, seed=3)
+    first = [labels for _, labels in loader]
+    again = [labels for _, labels in engine.InMemoryBatches(ds, 64, seed=3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    loader.set_epoch(1)
+    other = [labels for _, labels in loader]
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert len(first) == 1438 // 64 and all(b.shape[0] == 64 for b in first)
+    resumed = engine.InMemoryBatches(ds, 64, seed=3)
+    resumed.load_state_dict({"epoch": 0, "consumed": 5})
+    assert torch.equal(next(iter(resumed))[1], first[5])
+    done = engine.InMemoryBatches(ds, 64, seed=3)
+    done.load_state_dict({"epoch": 0, "consumed": len(first)})
+    assert done.epoch == 1 and done.consumed == 0
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1),
+                                    sets=["optim.lr=1e30"])
+    with pytest.raises(NonFiniteLossError) as info:
+        pipelines.train(config, tmp_path / "nan")
+    message = str(info.value)
+    assert "became NaN or infinite" in message and "loss" in message
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/selfsup-cannot-write-here"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        target = str(locked / "run")
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1))
+    with pytest.raises(RunError, match="Cannot write"):
+        pipelines.train(config, target)
+
+
+def test_atomic_checkpoint_keeps_previous_file_on_failure(tmp_path):
+    io = engine.AtomicCheckpointIO()
+    path = tmp_path / "c.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("fail mid-write")
+
+    with pytest.raises(RuntimeError):
+        io.save_checkpoint({"state_dict": {"w": Boom()}}, path)
+    assert torch.equal(engine.load_checkpoint_file(path)["state_dict"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.ckpt"]  # no temporary file left
+    path.write_bytes(b"garbage")
+    with pytest.raises(RunError, match="corrupt"):
+        engine.load_checkpoint_file(path)
