@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from selfsup.errors import ConfigError
 from selfsup.methods.base import Method
 
 METHODS: dict[str, type[Method]] = {}
 
-# Modules imported on first use so a broken optional method never blocks the others.
-_MODULES = ("vae",)
+_SKIP = {"base"}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -23,8 +23,10 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(f"selfsup.methods.{module}")
+    """Import every module of this package once: each method file registers itself."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _SKIP and not info.name.startswith("_"):
+            importlib.import_module(f"selfsup.methods.{info.name}")
 
 
 def method_class(name: str) -> type[Method]:

@@ -128,12 +128,15 @@ class Method(L.LightningModule):
                 terms["online_probe_loss"] = probe_loss
                 terms["online_probe_acc"] = probe_acc
         if self.config.trainer.check_finite:
-            self._check_finite(terms)
-        n = images.shape[0]
-        for key, value in terms.items():
-            self.log(f"train/{key}", value.detach(), on_step=True, on_epoch=True,
-                     prog_bar=key == "loss", batch_size=n)
+            self.check_finite(terms)
+        self.log_terms(terms, images.shape[0])
         return total
+
+    def log_terms(self, terms: dict[str, Tensor], batch_size: int, prefix: str = "train") -> None:
+        """Log every named term (no host sync: Lightning reduces tensors when it writes logs)."""
+        for key, value in terms.items():
+            self.log(f"{prefix}/{key}", value.detach(), on_step=prefix == "train", on_epoch=True,
+                     prog_bar=key == "loss", batch_size=batch_size)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -191,7 +194,7 @@ class Method(L.LightningModule):
         acc = (logits[labeled].argmax(1) == labels[labeled]).float().mean()
         return loss, acc
 
-    def _check_finite(self, terms: dict[str, Tensor]) -> None:
+    def check_finite(self, terms: dict[str, Tensor]) -> None:
         values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
         if bool(torch.isfinite(values).all()):
             return
