@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -11,7 +12,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/fixtures.py importable as `fixtures`
-torch.set_num_threads(2)
+# One thread per process: tests start subprocesses, and OpenMP threads spin-waiting for a busy
+# core make small models tens of times slower when two processes share the 2 cores.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore")

@@ -86,8 +86,13 @@ class TrainerConfig:
     compile: bool = False
     channels_last: bool = False
     plots: bool = True
+    num_threads: int = 0
 
     def validate(self) -> None:
+        if self.num_threads < 0:
+            raise ConfigError(
+                f"trainer.num_threads must be >= 0 (0 = PyTorch's default), got {self.num_threads}."
+            )
         if self.epochs < 1:
             raise ConfigError(f"trainer.epochs must be >= 1, got {self.epochs}.")
         if self.devices < 1:

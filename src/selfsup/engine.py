@@ -353,6 +353,8 @@ def fit(
     """Train ``method`` on ``train_set`` writing checkpoints and logs to ``run_dir``."""
     config = method.config
     tcfg = config.trainer
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
     check_output_dir(run_dir, needed_bytes=4 * checkpoint_bytes(method) + 10 * 2**20)
     loader = make_loader(train_set, config.data.batch_size, config.seed, True,
                          config.data.num_workers, tcfg.devices)

@@ -1,0 +1,103 @@
+"""BYOL (Grill et al., 2020) on the shared joint-embedding pipeline.
+
+Online network: backbone f, projector g, predictor q; target network: EMA copies f', g'.
+For views x_a, x_b with p_v = q(g(f(x_v))) and z'_v = g'(f'(x_v)) (no gradient):
+
+    loss = (2 - 2 cos(p_a, z'_b)) + (2 - 2 cos(p_b, z'_a))      (batch means, summed)
+
+After every optimizer step k the target moves towards the online weights,
+xi <- m_k xi + (1 - m_k) theta, with m_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2 rising from
+``base_momentum`` to ``final_momentum`` over the K = steps_per_epoch * epochs steps of the run.
+The target is a registered (frozen) submodule, so it is saved and restored with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from selfsup.errors import ConfigError
+from selfsup.losses.byol import cosine_momentum, ema_update, symmetric_byol_loss
+from selfsup.methods import register
+from selfsup.methods.joint_embedding import JointEmbedding, JointEmbeddingConfig
+from selfsup.nets.heads import mlp_head
+
+
+@dataclass
+class BYOLConfig(JointEmbeddingConfig):
+    """``pred_hidden``: predictor hidden size; target momentum from ``base_momentum`` to
+    ``final_momentum`` on a cosine schedule."""
+
+    proj_dims: list[int] = field(default_factory=lambda: [4096, 256])
+    pred_hidden: int = 4096
+    base_momentum: float = 0.99
+    final_momentum: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.pred_hidden < 1:
+            raise ConfigError(f"model.pred_hidden must be >= 1, got {self.pred_hidden}.")
+        if not 0.0 <= self.base_momentum <= self.final_momentum <= 1.0:
+            raise ConfigError(
+                f"BYOL needs 0 <= model.base_momentum <= model.final_momentum <= 1, got "
+                f"{self.base_momentum} and {self.final_momentum}; the paper uses 0.99 and 1.0."
+            )
+
+
+@register
+class BYOL(JointEmbedding):
+    """Online network predicts the EMA target network's projection of the other view."""
+
+    name = "byol"
+    config_class = BYOLConfig
+
+    def __init__(self, config: Any, info: Any) -> None:
+        super().__init__(config, info)
+        out = int(config.model.proj_dims[-1])
+        self.predictor = mlp_head(out, [config.model.pred_hidden], out)
+        self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def total_steps(self) -> int:
+        """K: the run's optimizer steps (``max_steps`` when it stops earlier)."""
+        total = self.steps_per_epoch * self.config.trainer.epochs
+        max_steps = self.config.trainer.max_steps
+        return min(total, max_steps) if max_steps > 0 else total
+
+    def momentum(self, step: int) -> float:
+        """m_k of the cosine schedule at optimizer step k."""
+        cfg = self.config.model
+        return cosine_momentum(step, self.total_steps(), cfg.base_momentum, cfg.final_momentum)
+
+    @torch.no_grad()
+    def target_projection(self, x: Tensor) -> Tensor:
+        """z' = g'(f'(x)), without gradient."""
+        return self.target_projector(self.target_backbone(x)).float()
+
+    def training_loss(self, images: Tensor) -> dict[str, Tensor]:
+        x_a, x_b = self.two_views(images)
+        h_a = self.backbone(x_a)
+        p_a = self.predictor(self.projector(h_a)).float()
+        p_b = self.predictor(self.projector(self.backbone(x_b))).float()
+        terms = symmetric_byol_loss(p_a, p_b, self.target_projection(x_a),
+                                    self.target_projection(x_b))
+        momentum = torch.tensor(self.momentum(self.global_step), device=h_a.device)
+        return {**terms, "momentum": momentum, "features": h_a.detach()}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        """Optimizer step, then the EMA update of the target with m_k (k = the step just taken).
+
+        Done here rather than in ``on_train_batch_end`` because Lightning runs callbacks' batch-end
+        hooks (e.g. the interrupt checkpoint) before the module's, which would save a target one
+        update behind the online network.
+        """
+        step = self.global_step
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        momentum = self.momentum(step)
+        ema_update(self.target_backbone, self.backbone, momentum)
+        ema_update(self.target_projector, self.projector, momentum)
