@@ -20,8 +20,10 @@ Augmented models use the released SimVAE MNIST augmentations (random resized cro
 ratio 0.75-1.3, vertical flip 0.5, binarise at 0.5). The BCE is NOT scaled by exp(-log_var_x)
 (the paper's ELBO; the released code scales it, ``bce_scaled_by_var``), so VAE and SimVAE weight
 reconstruction and prior alike. Evaluation: frozen representations of the full MNIST train/test
-splits, scored with ``pipelines.evaluate`` (linear, MLP and kNN probes). Train seconds are wall
-time of ``engine.fit`` on this machine, which may be shared with other work.
+splits, scored with ``pipelines.evaluate`` (linear, MLP and kNN probes; ``--probe-train-size``
+fits the probes on a random subset of the train features, and ``--mlp-epochs`` other than 100
+calls ``selfsup.evaluate.mlp_probe`` directly with that epoch budget, for slow machines). Train
+seconds are wall time of ``engine.fit`` on this machine, which may be shared with other work.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 import torch
 
 from selfsup import engine, pipelines
+from selfsup.evaluate import mlp_probe
 from selfsup.methods import method_class
 
 MNIST_AUGMENT: dict[str, Any] = {
@@ -87,7 +90,8 @@ def run_one(name: str, method: str, flags: dict[str, Any], args: argparse.Namesp
     train_set = pipelines.load_split(config, "train")
     if args.train_size and args.train_size < len(train_set):
         gen = torch.Generator().manual_seed(args.seed)
-        train_set = train_set.subset(torch.randperm(len(train_set), generator=gen)[: args.train_size])
+        keep = torch.randperm(len(train_set), generator=gen)[: args.train_size]
+        train_set = train_set.subset(keep)
     torch.manual_seed(config.seed)
     model = method_class(method)(config, engine.data_info(train_set))
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,6 +99,11 @@ def run_one(name: str, method: str, flags: dict[str, Any], args: argparse.Namesp
     model.eval()
     started = time.perf_counter()
     feats = pipelines.run_features(model, args.data_dir)
+    if args.probe_train_size and args.probe_train_size < feats.train_x.shape[0]:
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        keep = torch.randperm(feats.train_x.shape[0], generator=gen)[: args.probe_train_size]
+        feats = pipelines.Features(feats.train_x[keep], feats.train_y[keep], feats.test_x,
+                                   feats.test_y)
     row: dict[str, Any] = {
         "model": name,
         "method": method,
@@ -104,7 +113,11 @@ def run_one(name: str, method: str, flags: dict[str, Any], args: argparse.Namesp
         "config": config.to_dict(),
     }
     for probe in PROBES:
-        out = pipelines.evaluate(model, probe, args.data_dir, seed=args.seed, features=feats)
+        if probe == "mlp" and args.mlp_epochs != 100:
+            out = mlp_probe(feats.train_x, feats.train_y, feats.test_x, feats.test_y,
+                            epochs=args.mlp_epochs, seed=args.seed)
+        else:
+            out = pipelines.evaluate(model, probe, args.data_dir, seed=args.seed, features=feats)
         row[f"{probe}_acc"] = out["accuracy"]
         row[f"{probe}_detail"] = {k: v for k, v in out.items()
                                   if isinstance(v, (int, float, str)) and k != "accuracy"}
@@ -120,6 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train on a random subset of this many images (0: all 60000)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[2000, 500, 500])
     parser.add_argument("--latent", type=int, default=10)
+    parser.add_argument("--probe-train-size", type=int, default=0,
+                        help="fit the probes on a random subset of this many train features")
+    parser.add_argument("--mlp-epochs", type=int, default=100,
+                        help="MLP-probe epochs (100 = pipelines.evaluate's default)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -148,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
             "load_average_at_end": list(os.getloadavg()),
         },
         "budget": {k: getattr(args, k) for k in
-                   ("epochs", "train_size", "hidden", "latent", "batch_size", "lr", "seed")},
+                   ("epochs", "train_size", "probe_train_size", "mlp_epochs", "hidden", "latent",
+                    "batch_size", "lr", "seed")},
         "results": rows,
     }
     out = Path(args.out)

@@ -4,8 +4,9 @@ Run as ``python -m benchmarks.ssl_mnist --data-dir DIR --epochs E --out FILE.jso
 uses its ``configs/<method>/mnist.yaml`` preset (conv backbone 28 -> 14 -> 7 -> 4 with 2048
 features, Adam 1e-3, batch 256, crops of 50-100% of the image) with the epoch budget and batch size
 given here, optionally on a random subset of the training images (``--train-subset``). The frozen
-backbone is then evaluated on the full train/test splits with ``pipelines.evaluate``: a linear
-probe (weight decay chosen on a validation split of train) and a weighted cosine kNN (k = 20).
+backbone is then evaluated with ``pipelines.evaluate`` on the full 10000-image test split: a linear
+probe (weight decay chosen on a validation split of train) and a weighted cosine kNN (k = 20),
+both fit on the training split or a random subset of it (``--probe-train``).
 Figures: test accuracies and training wall-clock seconds; the JSON also records the machine.
 """
 
@@ -17,7 +18,6 @@ import logging
 import os
 import platform
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,19 @@ def _subset(dataset: ImageDataset, n: int, seed: int) -> ImageDataset:
                         dataset.name, dataset.split, dataset.class_names)
 
 
+def probe_features(method: Any, config: Any, args: argparse.Namespace) -> pipelines.Features:
+    """Frozen features of (a random subset of) the train split and of the whole test split."""
+    from selfsup.evaluate import extract_features
+
+    if args.probe_train <= 0:
+        return pipelines.run_features(method, args.data_dir)
+    train = _subset(pipelines.load_split(config, "train"), args.probe_train, args.seed + 1)
+    test = pipelines.load_split(config, "test")
+    train_x, train_y = extract_features(method.represent, train, 512, "cpu")
+    test_x, test_y = extract_features(method.represent, test, 512, "cpu")
+    return pipelines.Features(train_x, train_y, test_x, test_y)
+
+
 def run_method(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Train one method on MNIST and evaluate its frozen backbone; returns the result row."""
     config = pipelines.build_config(
@@ -60,7 +73,7 @@ def run_method(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
     config.save(run_dir / pipelines.CONFIG_FILE)
     result = engine.fit(method, train_set, None, run_dir)
     method.eval()
-    features = pipelines.run_features(method, args.data_dir)
+    features = probe_features(method, config, args)
     linear = pipelines.evaluate(method, "linear", features=features, seed=args.seed)
     knn = pipelines.evaluate(method, "knn", features=features)
     return {
@@ -83,11 +96,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--train-subset", type=int, default=0,
                         help="train on this many random training images (0: all 60000)")
+    parser.add_argument("--probe-train", type=int, default=0,
+                        help="fit the probes on this many random training images (0: all)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/ssl_mnist_cpu.json")
+    parser.add_argument("--merge", nargs="+", default=[],
+                        help="only merge the results of earlier JSON files into --out")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     for logger in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -103,21 +122,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "ssl_mnist",
         "budget": {"epochs": args.epochs, "batch_size": args.batch_size,
-                   "train_subset": args.train_subset or 60000, "seed": args.seed},
+                   "train_subset": args.train_subset or 60000,
+                   "probe_train": args.probe_train or 60000, "seed": args.seed},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average": list(os.getloadavg())},
         "results": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(report, args.out)
+    return report
+
+
+def write_report(report: dict[str, Any], out: str) -> None:
+    """Write the JSON and print the table."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
     print(f"\n{'method':<12} {'linear':>8} {'kNN':>8} {'train s':>8}")
-    for row in rows:
+    for row in report["results"]:
         print(f"{row['method']:<12} {row['linear_accuracy']:>8.4f} {row['knn_accuracy']:>8.4f} "
               f"{row['train_seconds']:>8.0f}")
-    return report
+
+
+def merge(files: list[str], out: str) -> dict[str, Any]:
+    """One report from several runs of this script (e.g. methods run in parallel processes)."""
+    reports = [json.loads(Path(f).read_text()) for f in files]
+    merged = dict(reports[0])
+    merged["results"] = [row for r in reports for row in r["results"]]
+    merged["machines"] = [r["machine"] for r in reports]
+    write_report(merged, out)
+    return merged
 
 
 if __name__ == "__main__":

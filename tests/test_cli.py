@@ -94,3 +94,14 @@ def test_data_list_and_check(tmp_path):
 def test_help_lists_method_options():
     proc = selfsup("train", "vae", "--help")
     assert proc.returncode == 0 and "--latent-dim" in proc.stdout and "--beta" in proc.stdout
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """`--strategy ddp` launches a second process (gloo); both train, rank 0 writes the run."""
+    run = tmp_path / "ddp"
+    proc = selfsup("train", "vae", "--dataset", "digits", "--devices", "2", "--strategy", "ddp",
+                   "--accelerator", "cpu", "--out", str(run), "--json", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["global_step"] == 1438 // 64  # each global batch of 64 split 32 + 32
+    assert (run / "checkpoints" / "last.ckpt").is_file()

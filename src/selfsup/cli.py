@@ -133,7 +133,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         "interrupted": result.interrupted,
     }
     title = "Training interrupted; checkpoint saved." if result.interrupted else "Training done."
-    _emit(summary, args.json, title)
+    if not pipelines.is_launched_worker():
+        _emit(summary, args.json, title)
     return 0
 
 
@@ -306,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "train":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)  # no banner lines or tips
         if getattr(args, "json", False):
             _quiet_libraries()
         if args.command == "train":

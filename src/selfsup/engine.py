@@ -48,8 +48,8 @@ class InMemoryBatches:
     """Batches of an in-memory uint8 dataset, drawn by index slicing (no per-sample collate).
 
     Epoch e visits ``randperm(N, seed + e)`` in global batches of ``global_batch`` (the last
-    incomplete batch is dropped); process r of w takes rows ``[r*B, (r+1)*B)`` of each global batch
-    with B = global_batch / w. The loader is resumable: Lightning saves ``state_dict()`` (epoch and
+    incomplete batch is dropped); process r of w takes the r-th of w equal shares of each global
+    batch. The loader is resumable: Lightning saves ``state_dict()`` (epoch and
     batches consumed) in every checkpoint and restores it before iterating.
     """
 
@@ -101,11 +101,11 @@ class InMemoryBatches:
             order = torch.randperm(n, generator=gen).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
-        per_rank = self.global_batch // world
         for b in range(self.consumed, len(self)):
-            start = b * self.global_batch + rank * per_rank
-            idx = order[start : min(start + per_rank, n)]
-            yield self.images[idx], self.labels[idx]
+            batch = order[b * self.global_batch : min((b + 1) * self.global_batch, n)]
+            idx = batch.tensor_split(world)[rank]  # equal shares; a last partial batch too
+            if idx.numel():
+                yield self.images[idx], self.labels[idx]
 
 
 def _collate_uint8(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,13 +389,15 @@ def fit(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")  # we append
+        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
         trainer.fit(method, train_dataloaders=loader, val_dataloaders=val_loader,
                     ckpt_path=str(ckpt_path) if ckpt_path else None)
     seconds = time.perf_counter() - started
     interrupted = any(isinstance(c, GracefulStop) and c.requested is not None for c in trainer.callbacks)
     last = run_dir / CHECKPOINT_DIR / LAST
-    if not interrupted and trainer.is_global_zero:
-        trainer.save_checkpoint(last)
+    if not interrupted:
+        trainer.save_checkpoint(last)  # a collective under DDP: rank 0 writes
     steps = trainer.global_step - start_step
     return TrainResult(
         run_dir=run_dir,

@@ -5,6 +5,7 @@ These are the library's entry points; ``cli.py`` only parses arguments and calls
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,11 @@ def train_split_name(config: RunConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------- runs
+def is_launched_worker() -> bool:
+    """True in the extra processes Lightning's DDP launcher starts (they re-run the command)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+
+
 def default_run_dir(config: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.method}-{config.data.name}-{stamp}"
@@ -120,7 +126,8 @@ def default_run_dir(config: RunConfig) -> Path:
 def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method, TrainResult]:
     """Train a new run into ``run_dir`` (which must not already hold a run)."""
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
-    if (run_dir / CONFIG_FILE).exists():
+    worker = is_launched_worker()
+    if (run_dir / CONFIG_FILE).exists() and not worker:
         raise RunError(
             f"{run_dir} already holds a run. Continue it with `selfsup train --resume {run_dir}`, "
             "or choose a new folder with --out."
@@ -131,7 +138,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method,
     test_set = _optional_test_split(config)
     method = method_class(config.method)(config, data_info(train_set))
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG_FILE)  # after the method resolved its "auto" choices
+    if not worker:
+        config.save(run_dir / CONFIG_FILE)  # after the method resolved its "auto" choices
     result = fit(method, train_set, test_set, run_dir)
     _finish(method, test_set or train_set, run_dir)
     return method, result
@@ -144,7 +152,8 @@ def resume(run_dir: str | Path, epochs: int | None = None) -> tuple[Method, Trai
     if epochs is not None:
         config.trainer.epochs = epochs
         config.validate()
-        config.save(run_dir / CONFIG_FILE)
+        if not is_launched_worker():
+            config.save(run_dir / CONFIG_FILE)
     if not (run_dir / CHECKPOINT_DIR / LAST).is_file():
         raise RunError(
             f"{run_dir} has no checkpoint to resume from ({CHECKPOINT_DIR}/{LAST} is missing): "
@@ -167,7 +176,9 @@ def _optional_test_split(config: RunConfig) -> AnyDataset | None:
 
 def _finish(method: Method, dataset: AnyDataset, run_dir: Path) -> None:
     """End-of-run artefacts (image grids for generative models)."""
-    if not method.config.trainer.plots or not isinstance(dataset, ImageDataset):
+    if not method.config.trainer.plots or not isinstance(dataset, ImageDataset) or (
+        is_launched_worker()
+    ):
         return
     from selfsup.plots import save_generative_grids
 

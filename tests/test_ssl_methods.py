@@ -1,0 +1,168 @@
+"""VICReg, BYOL, SimCLR and Barlow Twins: tiny runs on the embedded digits learn something, the
+BYOL target is an EMA copy that gets no gradient and resumes exactly, and every preset loads."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from selfsup import engine, pipelines
+from selfsup.data.base import DataInfo
+from selfsup.errors import ConfigError
+from selfsup.methods import method_class
+from selfsup.methods.joint_embedding import simclr_augmentations
+
+METHODS = ("vicreg", "byol", "simclr", "barlowtwins")
+DATASETS = ("cifar10", "stl10", "mnist", "fashionmnist")
+STEPS_PER_EPOCH = 1438 // 64
+
+
+def tiny_flags(method: str, epochs: int = 2, **model: object) -> dict:
+    """A very small joint-embedding run on digits (conv backbone width 8, small projector)."""
+    dims = {"simclr": [64, 32], "byol": [64, 32]}.get(method, [64, 64])
+    extra = {"pred_hidden": 64} if method == "byol" else {}
+    return {
+        "model": {"width": 8, "proj_dims": dims, **extra, **model},
+        "trainer": {"epochs": epochs, "progress_bar": False, "plots": False, "log_every": 5,
+                    "val_every": 0},
+        "data": {"batch_size": 64},
+    }
+
+
+def _weights(method) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in method.state_dict().items()}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def _epoch_losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """Each method trained once for 2 epochs: (method, weights right after training, run dir)."""
+    out = {}
+    for name in METHODS:
+        run = tmp_path_factory.mktemp(name) / "run"
+        method, result = pipelines.train(pipelines.build_config(name, "digits",
+                                                                flags=tiny_flags(name)), run)
+        assert result.global_step == 2 * STEPS_PER_EPOCH
+        out[name] = (method, _weights(method), run)
+    return out
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_tiny_run_learns_a_representation(trained, name):
+    method, _, run = trained[name]
+    losses = _epoch_losses(run)
+    assert len(losses) == 2 and losses[-1] < losses[0], losses
+    from selfsup.data import load_dataset
+
+    images = load_dataset("digits", ".", "test").images[:10]
+    method.eval()
+    h = method.represent(images)
+    assert h.shape == (10, method.feature_dim) and torch.isfinite(h).all()
+    result = pipelines.evaluate(method, "linear")
+    assert result["accuracy"] > 0.5, result  # chance is 0.1
+
+
+def test_byol_target_is_a_frozen_moving_average(trained):
+    method, weights, _ = trained["byol"]
+    target = list(method.target_backbone.parameters()) + list(method.target_projector.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in target)
+    assert not any(p in set(method.method_parameters()) for p in target)
+    online = [weights[k] for k in weights if k.startswith(("backbone.", "projector."))]
+    ema = [weights[k] for k in weights if k.startswith(("target_backbone.", "target_projector."))]
+    assert len(online) == len(ema) > 0
+    # the target moved (EMA) but is not a copy of the online network
+    assert any(not torch.equal(a, b) for a, b in zip(online, ema, strict=True))
+
+
+class _InterruptAt(Callback):
+    """Sends SIGINT to this process after ``step`` optimizer steps (a user pressing Ctrl-C)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_byol_mid_epoch_interrupt_resumes_exactly(trained, tmp_path, monkeypatch):
+    """Cosine momentum schedule: SIGINT mid-epoch, resume, same weights as never stopping."""
+    _, full, _ = trained["byol"]
+    original_fit = engine.fit
+
+    def fit_with_interrupt(*args, **kwargs):
+        return original_fit(*args, **kwargs, extra_callbacks=[_InterruptAt(30)])
+
+    monkeypatch.setattr(pipelines, "fit", fit_with_interrupt)
+    _, result = pipelines.train(pipelines.build_config("byol", "digits", flags=tiny_flags("byol")),
+                                tmp_path / "split")
+    assert result.interrupted
+    monkeypatch.setattr(pipelines, "fit", original_fit)
+    resumed, result = pipelines.resume(tmp_path / "split")
+    assert result.global_step == 2 * STEPS_PER_EPOCH
+    _assert_same(full, _weights(resumed))
+
+
+def test_byol_resume_with_extended_epochs_is_exact(tmp_path):
+    """1 epoch + resume to 2 epochs equals 2 epochs (constant momentum: no schedule length)."""
+    flags = {"base_momentum": 0.99, "final_momentum": 0.99}
+    config = pipelines.build_config("byol", "digits", flags=tiny_flags("byol", 2, **flags))
+    full, _ = pipelines.train(config, tmp_path / "full")
+    short = pipelines.build_config("byol", "digits", flags=tiny_flags("byol", 1, **flags))
+    pipelines.train(short, tmp_path / "split")
+    resumed, result = pipelines.resume(tmp_path / "split", epochs=2)
+    assert result.global_step == 2 * STEPS_PER_EPOCH
+    _assert_same(_weights(full), _weights(resumed))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_presets_load(name):
+    for dataset in DATASETS:
+        config = pipelines.build_config(name, dataset)
+        expected = "resnet18" if dataset in ("cifar10", "stl10") else "conv"
+        assert config.model.backbone == expected
+        assert config.data.batch_size == 256
+    vicreg = pipelines.build_config("vicreg", "cifar10")
+    assert vicreg.model.proj_dims == [1024, 1024, 1024] and vicreg.optim.name == "adam"
+    model = vicreg.model
+    assert (model.inv_weight, model.var_weight, model.cov_weight) == (25, 25, 1)
+    assert vicreg.trainer.epochs == 500 and vicreg.augment.normalize
+
+
+def test_default_augmentations_fit_the_data():
+    rgb = simclr_augmentations(DataInfo("x", (3, 32, 32), 10, True))
+    assert rgb["crop_scale"] == [0.2, 1.0] and rgb["hflip"] == 0.5 and rgb["grayscale"] == 0.2
+    assert rgb["jitter_prob"] == 0.8 and "blur_prob" not in rgb
+    big = simclr_augmentations(DataInfo("x", (3, 96, 96), 10, True))
+    assert big["crop_scale"][0] == 0.08 and big["blur_prob"] > 0
+    gray = simclr_augmentations(DataInfo("x", (1, 28, 28), 10, True))
+    assert gray["hflip"] == 0.0 and "jitter" not in gray and "grayscale" not in gray
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="backbone"):
+        pipelines.build_config("vicreg", "digits", flags={"model": {"backbone": "vgg"}})
+    with pytest.raises(ConfigError, match="momentum"):
+        pipelines.build_config("byol", "digits", flags={"model": {"base_momentum": 1.5}})
+    with pytest.raises(ConfigError, match="temperature"):
+        pipelines.build_config("simclr", "digits", flags={"model": {"temperature": 0.0}})
+    with pytest.raises(ConfigError, match="proj_dims"):
+        pipelines.build_config("barlowtwins", "digits", flags={"model": {"proj_dims": []}})
+    assert method_class("byol").config_class().proj_dims == [4096, 256]
