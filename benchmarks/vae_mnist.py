@@ -29,11 +29,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = pipelines.build_config(
-        "vae", "mnist",
-        flags={"data": {"dir": args.data_dir, "batch_size": args.batch_size},
-               "trainer": {"epochs": args.epochs, "progress_bar": False, "plots": False,
-                           "val_every": 0},
-               "optim": {"lr": 1e-3}},
+        "vae",
+        "mnist",
+        flags={
+            "data": {"dir": args.data_dir, "batch_size": args.batch_size},
+            "trainer": {
+                "epochs": args.epochs,
+                "progress_bar": False,
+                "plots": False,
+                "val_every": 0,
+            },
+            "optim": {"lr": 1e-3},
+        },
     )
     with tempfile.TemporaryDirectory() as run_dir:
         method, result = pipelines.train(config, f"{run_dir}/run")
@@ -50,8 +57,15 @@ def main() -> None:
         "knn_accuracy": knn["accuracy"],
     }
     print_table([row], list(row))
-    write_result(args.out, {"benchmark": "vae_mnist", "machine": machine(),
-                            "config": config.to_dict(), "results": [row]})
+    write_result(
+        args.out,
+        {
+            "benchmark": "vae_mnist",
+            "machine": machine(),
+            "config": config.to_dict(),
+            "results": [row],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ def tiny_vae_flags(epochs: int = 2, **trainer: object) -> dict:
     """Flags for a very small, fast VAE run on the embedded digits."""
     return {
         "model": {"hidden": [64], "latent_dim": 4},
-        "trainer": {"epochs": epochs, "progress_bar": False, "plots": False, "log_every": 5,
-                    **trainer},
+        "trainer": {
+            "epochs": epochs,
+            "progress_bar": False,
+            "plots": False,
+            "log_every": 5,
+            **trainer,
+        },
         "data": {"batch_size": 64},
     }
 

@@ -6,16 +6,33 @@ import json
 import subprocess
 import sys
 
-import fixtures
 import pytest
 
-TINY = ["--epochs", "1", "--batch-size", "64", "--set", "model.hidden=[32]",
-        "--set", "model.latent_dim=4", "--set", "trainer.plots=true", "--no-progress"]
+import fixtures
+
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--set",
+    "model.hidden=[32]",
+    "--set",
+    "model.latent_dim=4",
+    "--set",
+    "trainer.plots=true",
+    "--no-progress",
+]
 
 
 def selfsup(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "selfsup", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "selfsup", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def _assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -38,7 +55,9 @@ def test_train_eval_generate_json(tmp_path):
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["probe"] == probe and 0.0 <= result["accuracy"] <= 1.0
-    proc = selfsup("generate", "--run", str(run), "--n", "16", "--out", str(tmp_path / "g"), "--json")
+    proc = selfsup(
+        "generate", "--run", str(run), "--n", "16", "--out", str(tmp_path / "g"), "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "g" / "samples.png").is_file()
     proc = selfsup("train", "--resume", str(run), "--epochs", "2", "--json")
@@ -48,8 +67,18 @@ def test_train_eval_generate_json(tmp_path):
 
 def test_train_on_mnist_fixture_files(tmp_path):
     fixtures.write_idx_dataset(tmp_path / "data", "mnist", n_train=128, n_test=64)
-    proc = selfsup("train", "vae", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
-                   "--out", str(tmp_path / "run"), "--json", *TINY)
+    proc = selfsup(
+        "train",
+        "vae",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr
     proc = selfsup("eval", "linear", "--run", str(tmp_path / "run"), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -60,8 +89,10 @@ def test_train_on_mnist_fixture_files(tmp_path):
     "args, fragments",
     [
         (["train", "nosuchmethod"], ["Unknown method", "vae"]),
-        (["train", "vae", "--dataset", "mnist", "--data-dir", "/nonexistent"],
-         ["train-images-idx3-ubyte", "--download"]),
+        (
+            ["train", "vae", "--dataset", "mnist", "--data-dir", "/nonexistent"],
+            ["train-images-idx3-ubyte", "--download"],
+        ),
         (["train", "vae", "--set", "optim.lr=-1"], ["lr"]),
         (["train", "vae", "--frobnicate", "3"], ["--frobnicate"]),
         (["train", "vae", "--config", "/nonexistent.yaml"], ["/nonexistent.yaml"]),
@@ -99,8 +130,22 @@ def test_help_lists_method_options():
 def test_ddp_two_processes_on_cpu(tmp_path):
     """`--strategy ddp` launches a second process (gloo); both train, rank 0 writes the run."""
     run = tmp_path / "ddp"
-    proc = selfsup("train", "vae", "--dataset", "digits", "--devices", "2", "--strategy", "ddp",
-                   "--accelerator", "cpu", "--out", str(run), "--json", *TINY)
+    proc = selfsup(
+        "train",
+        "vae",
+        "--dataset",
+        "digits",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--accelerator",
+        "cpu",
+        "--out",
+        str(run),
+        "--json",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["global_step"] == 1438 // 64  # each global batch of 64 split 32 + 32

@@ -73,6 +73,7 @@ def test_config_round_trips_through_yaml(tmp_path):
 
     config = build_config("vae", "digits", flags={"beta": 4.0})
     config.save(tmp_path / "config.yaml")
-    again = config_from_dict(load_yaml(tmp_path / "config.yaml"),
-                             method_class("vae").config_class, "x")
+    again = config_from_dict(
+        load_yaml(tmp_path / "config.yaml"), method_class("vae").config_class, "x"
+    )
     assert again.to_dict() == config.to_dict()

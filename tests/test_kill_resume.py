@@ -1,4 +1,4 @@
-"""Real processes killed mid-training: SIGKILL leaves a readable checkpoint, SIGTERM exits cleanly."""
+"""Real processes killed mid-training: SIGKILL leaves a readable checkpoint; SIGTERM exits."""
 
 from __future__ import annotations
 
@@ -11,16 +11,41 @@ from pathlib import Path
 
 import torch
 
-ARGS = ["--dataset", "digits", "--batch-size", "64", "--set", "model.hidden=[32]",
-        "--set", "model.latent_dim=4", "--set", "trainer.plots=false", "--no-progress",
-        "--seed", "7"]
+ARGS = [
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "64",
+    "--set",
+    "model.hidden=[32]",
+    "--set",
+    "model.latent_dim=4",
+    "--set",
+    "trainer.plots=false",
+    "--no-progress",
+    "--seed",
+    "7",
+]
 
 
 def _start(run: Path, epochs: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "selfsup", "train", "vae", "--out", str(run), "--epochs",
-         str(epochs), "--json", *ARGS],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "selfsup",
+            "train",
+            "vae",
+            "--out",
+            str(run),
+            "--epochs",
+            str(epochs),
+            "--json",
+            *ARGS,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -40,8 +65,24 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 def test_sigkill_at_any_moment_then_resume_matches_uninterrupted(tmp_path):
     epochs = 6
     full = tmp_path / "full"
-    assert subprocess.run([sys.executable, "-m", "selfsup", "train", "vae", "--out", str(full),
-                           "--epochs", str(epochs), *ARGS], capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "selfsup",
+                "train",
+                "vae",
+                "--out",
+                str(full),
+                "--epochs",
+                str(epochs),
+                *ARGS,
+            ],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
 
     run = tmp_path / "killed"
     proc = _start(run, epochs)
@@ -51,7 +92,8 @@ def test_sigkill_at_any_moment_then_resume_matches_uninterrupted(tmp_path):
     assert _weights(run)  # readable: a killed write only ever leaves a stray temporary file
     resumed = subprocess.run(
         [sys.executable, "-m", "selfsup", "train", "--resume", str(run), "--json"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["global_step"] == epochs * (1438 // 64)

@@ -7,9 +7,9 @@ import signal
 
 import pytest
 import torch
-from conftest import tiny_vae_flags
 from lightning.pytorch.callbacks import Callback
 
+from conftest import tiny_vae_flags
 from selfsup import engine, pipelines
 from selfsup.errors import NonFiniteLossError, RunError
 
@@ -88,10 +88,10 @@ def test_in_memory_batches_order_and_sharding():
     loader = engine.InMemoryBatches(ds, 64, seed=3)
     first = [labels for _, labels in loader]
     again = [labels for _, labels in engine.InMemoryBatches(ds, 64, seed=3)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     loader.set_epoch(1)
     other = [labels for _, labels in loader]
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
     assert len(first) == 1438 // 64 and all(b.shape[0] == 64 for b in first)
     resumed = engine.InMemoryBatches(ds, 64, seed=3)
     resumed.load_state_dict({"epoch": 0, "consumed": 5})
@@ -102,8 +102,9 @@ def test_in_memory_batches_order_and_sharding():
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
-    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1),
-                                    sets=["optim.lr=1e30"])
+    config = pipelines.build_config(
+        "vae", "digits", flags=tiny_vae_flags(epochs=1), sets=["optim.lr=1e30"]
+    )
     with pytest.raises(NonFiniteLossError) as info:
         pipelines.train(config, tmp_path / "nan")
     message = str(info.value)

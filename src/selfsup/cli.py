@@ -142,8 +142,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup import pipelines
 
     method = pipelines.load_run(args.run, device=args.device)
-    result = pipelines.evaluate(method, args.probe, args.data_dir, device=args.device,
-                                seed=args.seed)
+    result = pipelines.evaluate(
+        method, args.probe, args.data_dir, device=args.device, seed=args.seed
+    )
     _emit(result, args.json, f"{args.probe} evaluation of {args.run} (test split):")
     return 0
 
@@ -176,7 +177,9 @@ def cmd_data(args: argparse.Namespace) -> int:
                 print(f"{'':<14} files in: {row.get('folder', '')}")
         return 0
     if not args.name:
-        raise ConfigError("Name the dataset to check, e.g. `selfsup data check mnist --data-dir DIR`.")
+        raise ConfigError(
+            "Name the dataset to check, e.g. `selfsup data check mnist --data-dir DIR`."
+        )
     report = check_dataset(args.name, args.data_dir)
     if args.json:
         print(json.dumps(report, default=str))
@@ -199,9 +202,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         shutil.rmtree(out)
     config = pipelines.build_config(
-        "vae", "digits",
-        flags={"trainer": {"epochs": args.epochs, "progress_bar": not args.json},
-               "data": {"batch_size": 64}},
+        "vae",
+        "digits",
+        flags={
+            "trainer": {"epochs": args.epochs, "progress_bar": not args.json},
+            "data": {"batch_size": 64},
+        },
     )
     method, result = pipelines.train(config, out)
     evaluation = pipelines.evaluate(method.eval(), "linear")
@@ -245,30 +251,44 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--json", action="store_true", help="print one JSON object")
 
-    epilog = method_help(method_for_help) if method_for_help else (
-        "Method and dataset options are flags too: `selfsup train METHOD --help` lists them."
+    epilog = (
+        method_help(method_for_help)
+        if method_for_help
+        else ("Method and dataset options are flags too: `selfsup train METHOD --help` lists them.")
     )
     train = sub.add_parser(
-        "train", help="train a method (or --resume a run)", epilog=epilog,
+        "train",
+        help="train a method (or --resume a run)",
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("method", nargs="?", help="vae, ... (see `selfsup train --help`)")
-    train.add_argument("--dataset", help="digits (default), mnist, fashionmnist, cifar10, stl10, imagefolder")
+    train.add_argument(
+        "--dataset", help="digits (default), mnist, fashionmnist, cifar10, stl10, imagefolder"
+    )
     train.add_argument("--data-dir", help="folder holding the datasets (default ./data)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int, help="global batch size")
     train.add_argument("--out", help="run folder (default runs/METHOD-DATASET-TIME)")
     train.add_argument("--config", help="YAML file with config sections")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override any config key, e.g. --set optim.lr=1e-3 (repeatable)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.lr=1e-3 (repeatable)",
+    )
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint"
+    )
     train.add_argument("--seed", type=int)
     train.add_argument("--devices", type=int)
     train.add_argument("--strategy", help="auto or ddp")
     train.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed")
     train.add_argument("--accelerator", help="auto (default), cpu or gpu")
     train.add_argument("--download", action="store_true", help="download the dataset if missing")
-    train.add_argument("--no-preset", action="store_true", help="ignore configs/METHOD/DATASET.yaml")
+    train.add_argument(
+        "--no-preset", action="store_true", help="ignore configs/METHOD/DATASET.yaml"
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--json", action="store_true", help="print one JSON summary")
 

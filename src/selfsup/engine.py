@@ -198,7 +198,9 @@ class RecordCheckpoint(Callback):
     def __init__(self, checkpoint_dir: Path) -> None:
         self.checkpoint_dir = checkpoint_dir
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: Any) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: Any
+    ) -> None:
         if isinstance(pl_module, Method):
             pl_module.last_checkpoint = str(self.checkpoint_dir / LAST)
 
@@ -209,7 +211,9 @@ class AtomicCheckpointIO(CheckpointIO):
     A kill at any moment leaves either the previous complete file or the new complete file.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -223,7 +227,9 @@ class AtomicCheckpointIO(CheckpointIO):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: Any = None
+    ) -> dict[str, Any]:
         return load_checkpoint_file(Path(path), map_location=map_location or "cpu")
 
     def remove_checkpoint(self, path: Any) -> None:
@@ -285,7 +291,9 @@ class TrainResult:
     interrupted: bool
 
 
-def build_trainer(config: RunConfig, run_dir: Path, loader: Any, extra_callbacks: list[Callback]) -> L.Trainer:
+def build_trainer(
+    config: RunConfig, run_dir: Path, loader: Any, extra_callbacks: list[Callback]
+) -> L.Trainer:
     """A Lightning Trainer configured from ``config.trainer`` writing into ``run_dir``."""
     tcfg = config.trainer
     ckpt_dir = run_dir / CHECKPOINT_DIR
@@ -309,11 +317,17 @@ def build_trainer(config: RunConfig, run_dir: Path, loader: Any, extra_callbacks
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, len(loader) // 10 or 1))))
     loggers = [
         CSVLogger(save_dir=str(run_dir), name="", version=""),
-        TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+        TensorBoardLogger(
+            save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+        ),
     ]
     accelerator = "gpu" if tcfg.accelerator == "cuda" else tcfg.accelerator
     strategy: Any = tcfg.strategy
-    if strategy == "ddp" and accelerator in ("cpu",) or (strategy == "ddp" and not torch.cuda.is_available()):
+    if (
+        strategy == "ddp"
+        and accelerator in ("cpu",)
+        or (strategy == "ddp" and not torch.cuda.is_available())
+    ):
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="gloo")
@@ -356,19 +370,33 @@ def fit(
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     check_output_dir(run_dir, needed_bytes=4 * checkpoint_bytes(method) + 10 * 2**20)
-    loader = make_loader(train_set, config.data.batch_size, config.seed, True,
-                         config.data.num_workers, tcfg.devices)
+    loader = make_loader(
+        train_set, config.data.batch_size, config.seed, True, config.data.num_workers, tcfg.devices
+    )
     if len(loader) == 0:
         raise SelfsupError(
             f"The training set has {len(train_set)} samples, fewer than one batch of "
             f"{config.data.batch_size}. Lower --batch-size."
         )
     val_loader = None
-    if val_set is not None and tcfg.val_every and method.online_probe is not None or (
-        val_set is not None and tcfg.val_every and type(method).validation_loss is not Method.validation_loss
+    if (
+        val_set is not None
+        and tcfg.val_every
+        and method.online_probe is not None
+        or (
+            val_set is not None
+            and tcfg.val_every
+            and type(method).validation_loss is not Method.validation_loss
+        )
     ):
-        val_loader = make_loader(val_set, max(256, config.data.batch_size), config.seed, False,
-                                 config.data.num_workers, tcfg.devices)
+        val_loader = make_loader(
+            val_set,
+            max(256, config.data.batch_size),
+            config.seed,
+            False,
+            config.data.num_workers,
+            tcfg.devices,
+        )
     if tcfg.channels_last:
         method = method.to(memory_format=torch.channels_last)  # type: ignore[assignment]
     trainer = build_trainer(config, run_dir, loader, extra_callbacks or [])
@@ -391,10 +419,16 @@ def fit(
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")  # we append
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-        trainer.fit(method, train_dataloaders=loader, val_dataloaders=val_loader,
-                    ckpt_path=str(ckpt_path) if ckpt_path else None)
+        trainer.fit(
+            method,
+            train_dataloaders=loader,
+            val_dataloaders=val_loader,
+            ckpt_path=str(ckpt_path) if ckpt_path else None,
+        )
     seconds = time.perf_counter() - started
-    interrupted = any(isinstance(c, GracefulStop) and c.requested is not None for c in trainer.callbacks)
+    interrupted = any(
+        isinstance(c, GracefulStop) and c.requested is not None for c in trainer.callbacks
+    )
     last = run_dir / CHECKPOINT_DIR / LAST
     if not interrupted:
         trainer.save_checkpoint(last)  # a collective under DDP: rank 0 writes
@@ -412,7 +446,9 @@ def fit(
 
 def data_info(dataset: AnyDataset) -> DataInfo:
     """The facts about a dataset a method needs to build its networks."""
-    has_labels = dataset.has_labels if isinstance(dataset, ImageDataset) else dataset.num_classes > 0
+    has_labels = (
+        dataset.has_labels if isinstance(dataset, ImageDataset) else dataset.num_classes > 0
+    )
     return DataInfo(
         name=dataset.name,
         image_shape=tuple(dataset.image_shape),  # type: ignore[arg-type]

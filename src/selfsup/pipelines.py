@@ -36,8 +36,12 @@ CONFIG_FILE = "config.yaml"
 def _spec_info(dataset: str, image_size: int) -> DataInfo:
     spec = dataset_spec(dataset)
     shape = spec.image_shape or (3, image_size, image_size)
-    return DataInfo(name=dataset, image_shape=tuple(shape), num_classes=spec.num_classes,
-                    has_labels=spec.num_classes > 0)
+    return DataInfo(
+        name=dataset,
+        image_shape=tuple(shape),
+        num_classes=spec.num_classes,
+        has_labels=spec.num_classes > 0,
+    )
 
 
 def build_config(
@@ -176,8 +180,10 @@ def _optional_test_split(config: RunConfig) -> AnyDataset | None:
 
 def _finish(method: Method, dataset: AnyDataset, run_dir: Path) -> None:
     """End-of-run artefacts (image grids for generative models)."""
-    if not method.config.trainer.plots or not isinstance(dataset, ImageDataset) or (
-        is_launched_worker()
+    if (
+        not method.config.trainer.plots
+        or not isinstance(dataset, ImageDataset)
+        or (is_launched_worker())
     ):
         return
     from selfsup.plots import save_generative_grids
@@ -204,8 +210,9 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         raise RunError(f"The run config {path} is invalid: {exc}") from None
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
-             checkpoint: str | Path | None = None) -> Method:
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | Path | None = None
+) -> Method:
     """The trained method of a run folder, in eval mode on ``device``."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -219,8 +226,12 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
         )
     info_dict = meta.get("data_info")
     if info_dict:
-        info = DataInfo(info_dict["name"], tuple(info_dict["image_shape"]),
-                        int(info_dict["num_classes"]), bool(info_dict["has_labels"]))
+        info = DataInfo(
+            info_dict["name"],
+            tuple(info_dict["image_shape"]),
+            int(info_dict["num_classes"]),
+            bool(info_dict["has_labels"]),
+        )
     else:
         spec = dataset_spec(config.data.name)
         info = _spec_info(spec.name, config.data.image_size)
@@ -248,8 +259,12 @@ class Features:
     test_y: torch.Tensor
 
 
-def run_features(method: Method, data_dir: str | Path | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 512) -> Features:
+def run_features(
+    method: Method,
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+) -> Features:
     """Frozen representations of the train and test splits (labeled samples only)."""
     from selfsup.evaluate import extract_features
 
@@ -267,10 +282,15 @@ def run_features(method: Method, data_dir: str | Path | None = None,
     return Features(train_x, train_y, test_x, test_y)
 
 
-def evaluate(method: Method, probe: str, data_dir: str | Path | None = None,
-             device: str | torch.device = "cpu", seed: int = 0,
-             features: Features | None = None) -> dict[str, Any]:
-    """Frozen-encoder evaluation: probes fit on train (selected on a val split of train), scored on test."""
+def evaluate(
+    method: Method,
+    probe: str,
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    features: Features | None = None,
+) -> dict[str, Any]:
+    """Frozen-encoder probe: fit on train (chosen on a val split of train), scored on test."""
     from selfsup.evaluate import gmm_clustering, knn_probe, linear_probe, mlp_probe
 
     if probe not in PROBES:

@@ -16,7 +16,9 @@ def _grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
 
 
 @torch.no_grad()
-def save_generative_grids(method: Any, dataset: ImageDataset, out_dir: Path, n: int = 32) -> dict[str, Path]:
+def save_generative_grids(
+    method: Any, dataset: ImageDataset, out_dir: Path, n: int = 32
+) -> dict[str, Path]:
     """Write ``reconstructions.png`` (rows: input, reconstruction) and ``samples.png``.
 
     Returns the paths written. Works for any method with ``reconstruct`` and ``sample``.

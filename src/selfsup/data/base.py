@@ -7,9 +7,10 @@ streamed instead (:class:`StreamingDataset`), yielding the same uint8 (C, H, W) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -87,7 +88,7 @@ class ImageDataset:
 
 
 class StreamingDataset(Protocol):
-    """A map-style dataset too large for memory: ``ds[i]`` -> (uint8 (C, H, W) tensor, int label)."""
+    """A map-style dataset too large for memory: ``ds[i]`` -> (uint8 (C, H, W), int label)."""
 
     num_classes: int
     name: str

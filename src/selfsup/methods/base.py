@@ -1,7 +1,7 @@
 """The base every method stands on: the interface the engine and evaluation rely on.
 
-A method file subclasses :class:`Method`, declares ``name`` and its typed ``config_class``, builds its
-networks in ``__init__`` and implements two things:
+A method file subclasses :class:`Method`, declares ``name`` and its typed ``config_class``, builds
+its networks in ``__init__`` and implements two things:
 
 - ``encode(x) -> h``: the representation of preprocessed float images (used by every probe);
 - ``training_loss(images) -> {"loss": ..., <named terms>, "features": h}``: scalar terms of the
@@ -135,8 +135,14 @@ class Method(L.LightningModule):
     def log_terms(self, terms: dict[str, Tensor], batch_size: int, prefix: str = "train") -> None:
         """Log every named term (no host sync: Lightning reduces tensors when it writes logs)."""
         for key, value in terms.items():
-            self.log(f"{prefix}/{key}", value.detach(), on_step=prefix == "train", on_epoch=True,
-                     prog_bar=key == "loss", batch_size=batch_size)
+            self.log(
+                f"{prefix}/{key}",
+                value.detach(),
+                on_step=prefix == "train",
+                on_epoch=True,
+                prog_bar=key == "loss",
+                batch_size=batch_size,
+            )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -166,7 +172,10 @@ class Method(L.LightningModule):
         scheduler = build_scheduler(
             optimizer, opt_cfg, self.steps_per_epoch, self.config.trainer.epochs
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from selfsup import __version__

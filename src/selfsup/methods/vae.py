@@ -101,7 +101,9 @@ class GaussianEncoderDecoder(Method):
     def validation_loss(self, x: Tensor) -> dict[str, Tensor]:
         cfg = self.config.model
         mu, logvar = self.posterior(x)
-        terms = vae_loss(x, self.decoder(mu).float(), mu, logvar, cfg.likelihood, 1.0, cfg.log_var_x)
+        terms = vae_loss(
+            x, self.decoder(mu).float(), mu, logvar, cfg.likelihood, 1.0, cfg.log_var_x
+        )
         return {"neg_elbo_at_mean": terms["loss"].mean()}
 
 
@@ -117,5 +119,7 @@ class VAE(GaussianEncoderDecoder):
         x = self.augmented(images)
         mu, logvar = self.posterior(x)
         z = reparameterize(mu, logvar)
-        terms = vae_loss(x, self.decoder(z).float(), mu, logvar, cfg.likelihood, cfg.beta, cfg.log_var_x)
+        terms = vae_loss(
+            x, self.decoder(z).float(), mu, logvar, cfg.likelihood, cfg.beta, cfg.log_var_x
+        )
         return {**{k: v.mean() for k, v in terms.items()}, "features": mu}
