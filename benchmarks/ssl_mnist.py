@@ -7,6 +7,9 @@ given here, optionally on a random subset of the training images (``--train-subs
 backbone is then evaluated with ``pipelines.evaluate`` on the full 10000-image test split: a linear
 probe (weight decay chosen on a validation split of train) and a weighted cosine kNN (k = 20),
 both fit on the training split or a random subset of it (``--probe-train``).
+``--random-init`` evaluates the untrained backbones instead (the baseline that training must beat:
+random conv features are already linearly separable to a large degree on MNIST). ``--merge A B``
+combines the JSON of several runs (e.g. methods trained in parallel processes) into ``--out``.
 Figures: test accuracies and training wall-clock seconds; the JSON also records the machine.
 """
 
@@ -71,19 +74,23 @@ def run_method(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
     run_dir = workdir / name
     run_dir.mkdir(parents=True)
     config.save(run_dir / pipelines.CONFIG_FILE)
-    result = engine.fit(method, train_set, None, run_dir)
+    if args.random_init:
+        seconds, steps = 0.0, 0
+    else:
+        result = engine.fit(method, train_set, None, run_dir)
+        seconds, steps = result.seconds, result.global_step
     method.eval()
     features = probe_features(method, config, args)
     linear = pipelines.evaluate(method, "linear", features=features, seed=args.seed)
     knn = pipelines.evaluate(method, "knn", features=features)
     return {
-        "method": name,
+        "method": f"{name} (random init)" if args.random_init else name,
         "linear_accuracy": linear["accuracy"],
         "linear_weight_decay": linear["weight_decay"],
         "knn_accuracy": knn["accuracy"],
         "knn_accuracies": {k: v for k, v in knn.items() if k.startswith("accuracy_k")},
-        "train_seconds": round(result.seconds, 1),
-        "steps": result.global_step,
+        "train_seconds": round(seconds, 1),
+        "steps": steps,
         "feature_dim": linear["feature_dim"],
         "model": config.to_dict()["model"],
     }
@@ -102,28 +109,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/ssl_mnist_cpu.json")
+    parser.add_argument("--random-init", action="store_true",
+                        help="baseline: evaluate the untrained (randomly initialised) backbones")
+    parser.add_argument("--note", default="", help="free text stored in the JSON")
     parser.add_argument("--merge", nargs="+", default=[],
                         help="only merge the results of earlier JSON files into --out")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.out)
+        return merge(args.merge, args.out, args.note)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     for logger in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(logger).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    budget = {"epochs": args.epochs, "batch_size": args.batch_size,
+              "train_subset": args.train_subset or 60000,
+              "probe_train": args.probe_train or 60000, "seed": args.seed}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.methods:
-            rows.append(run_method(name, args, Path(tmp)))
+            rows.append({**run_method(name, args, Path(tmp)), "budget": budget})
             row = rows[-1]
             print(f"{name}: linear {row['linear_accuracy']:.4f} knn {row['knn_accuracy']:.4f} "
                   f"train {row['train_seconds']:.0f} s", flush=True)
     report = {
         "benchmark": "ssl_mnist",
-        "budget": {"epochs": args.epochs, "batch_size": args.batch_size,
-                   "train_subset": args.train_subset or 60000,
-                   "probe_train": args.probe_train or 60000, "seed": args.seed},
+        "budget": budget,
+        "note": args.note,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -139,18 +151,22 @@ def write_report(report: dict[str, Any], out: str) -> None:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
-    print(f"\n{'method':<12} {'linear':>8} {'kNN':>8} {'train s':>8}")
+    print(f"\n{'method':<12} {'images':>7} {'epochs':>6} {'linear':>8} {'kNN':>8} {'train s':>8}")
     for row in report["results"]:
-        print(f"{row['method']:<12} {row['linear_accuracy']:>8.4f} {row['knn_accuracy']:>8.4f} "
+        b = row.get("budget") or report["budget"]
+        print(f"{row['method']:<12} {b['train_subset'] if row['steps'] else 0:>7} {b['epochs']:>6} "
+              f"{row['linear_accuracy']:>8.4f} {row['knn_accuracy']:>8.4f} "
               f"{row['train_seconds']:>8.0f}")
 
 
-def merge(files: list[str], out: str) -> dict[str, Any]:
+def merge(files: list[str], out: str, note: str = "") -> dict[str, Any]:
     """One report from several runs of this script (e.g. methods run in parallel processes)."""
     reports = [json.loads(Path(f).read_text()) for f in files]
     merged = dict(reports[0])
-    merged["results"] = [row for r in reports for row in r["results"]]
+    merged["budget"] = [r["budget"] for r in reports]
+    merged["results"] = [{"budget": r["budget"], **row} for r in reports for row in r["results"]]
     merged["machines"] = [r["machine"] for r in reports]
+    merged["note"] = note
     write_report(merged, out)
     return merged
 
