@@ -140,3 +140,36 @@ def test_atomic_checkpoint_keeps_previous_file_on_failure(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(RunError, match="corrupt"):
         engine.load_checkpoint_file(path)
+
+
+def test_bf16_mixed_precision_and_gradient_clipping_train(tmp_path):
+    config = pipelines.build_config(
+        "vae", "digits", flags=tiny_vae_flags(epochs=1),
+        sets=["trainer.precision=bf16-mixed", "trainer.gradient_clip=0.5"],
+    )
+    method, result = pipelines.train(config, tmp_path / "bf16")
+    assert result.global_step == 1438 // 64
+    assert all(torch.isfinite(p).all() for p in method.parameters())
+
+
+def test_checkpoint_of_another_method_is_refused(tmp_path):
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1))
+    pipelines.train(config, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["selfsup"]["method"] = "simclr"
+    torch.save(ckpt, path)
+    with pytest.raises(RunError, match="written by method 'simclr'"):
+        pipelines.load_run(tmp_path / "run")
+
+
+def test_full_disk_fails_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1024))
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1))
+    with pytest.raises(RunError, match="MiB are free"):
+        pipelines.train(config, tmp_path / "full")
+    assert not (tmp_path / "full" / "checkpoints").exists()

@@ -277,8 +277,13 @@ def run_features(
         )
     train_set = load_split(config, spec.train_split, data_dir)
     test_set = load_split(config, spec.test_split, data_dir)
-    train_x, train_y = extract_features(method.represent, train_set, batch_size, device)
-    test_x, test_y = extract_features(method.represent, test_set, batch_size, device)
+    was_training = method.training
+    method.eval()  # frozen encoder: batch norm uses its running statistics and keeps them
+    try:
+        train_x, train_y = extract_features(method.represent, train_set, batch_size, device)
+        test_x, test_y = extract_features(method.represent, test_set, batch_size, device)
+    finally:
+        method.train(was_training)
     return Features(train_x, train_y, test_x, test_y)
 
 
