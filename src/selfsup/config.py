@@ -170,6 +170,19 @@ class RunConfig:
             )
 
 
+def check_choices(method: str, choices: dict[str, tuple[Any, Any]]) -> None:
+    """Raise ConfigError for the first ``model.KEY`` whose value is not among its allowed ones.
+
+    ``choices`` maps a key to ``(value, allowed values)``.
+    """
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(
+                f"model.{key} {value!r} is not a valid choice for {method}; use one of "
+                f"{', '.join(str(a) for a in allowed)}."
+            )
+
+
 def preset_path(method: str, dataset: str) -> Path:
     """Where the preset for ``method`` on ``dataset`` lives (it may not exist)."""
     return PRESET_DIR / method / f"{dataset}.yaml"

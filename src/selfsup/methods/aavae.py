@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from selfsup.config import check_choices
 from selfsup.data.base import DataInfo
 from selfsup.errors import ConfigError
 from selfsup.losses.aavae import (
@@ -86,16 +87,14 @@ class AAVAEConfig:
                 f"model.val_samples must be >= 1, got {self.val_samples}: it is the number of "
                 "importance samples of the validation log-likelihood (16 in the paper)."
             )
-        for key, value, allowed in (
-            ("encoder", self.encoder, ENCODERS),
-            ("decoder", self.decoder, DECODERS),
-            ("representation", self.representation, REPRESENTATIONS),
-        ):
-            if value not in allowed:
-                raise ConfigError(
-                    f"model.{key} {value!r} is not a valid choice for aavae; use one of "
-                    f"{', '.join(allowed)}."
-                )
+        check_choices(
+            "aavae",
+            {
+                "encoder": (self.encoder, ENCODERS),
+                "decoder": (self.decoder, DECODERS),
+                "representation": (self.representation, REPRESENTATIONS),
+            },
+        )
         if self.width < 1 or any(h < 1 for h in self.hidden):
             raise ConfigError("model.width and model.hidden sizes must be positive integers.")
 
@@ -152,8 +151,11 @@ class AAVAE(Method):
                 "per channel (the defaults fill in the dataset's values)."
             )
         if cfg.encoder == "auto":
-            cfg.encoder = "resnet18" if max(info.image_shape[1:]) >= 32 else resolve_kind(
-                "auto", info.image_shape)
+            cfg.encoder = (
+                "resnet18"
+                if max(info.image_shape[1:]) >= 32
+                else resolve_kind("auto", info.image_shape)
+            )
         if cfg.decoder == "auto":
             cfg.decoder = "resnet" if cfg.encoder.startswith("resnet") else cfg.encoder
         self.backbone, feat_dim = build_encoder(
@@ -166,13 +168,19 @@ class AAVAE(Method):
             dec_feat = feat_dim if feat_dim % 16 == 0 else 512
             bottleneck = cfg.encoder == "resnet50"
             self.decoder: nn.Module = AAVAEResNetDecoder(
-                cfg.latent_dim, dec_feat, h, c,
+                cfg.latent_dim,
+                dec_feat,
+                h,
+                c,
                 blocks="bottleneck" if bottleneck else "basic",
                 layers=(3, 6, 4, 3) if bottleneck else (2, 2, 2, 2),
             )
         else:
             self.decoder = build_decoder(
-                cfg.decoder, cfg.latent_dim, info.image_shape, list(reversed(cfg.hidden)),
+                cfg.decoder,
+                cfg.latent_dim,
+                info.image_shape,
+                list(reversed(cfg.hidden)),
                 cfg.width,
             )
         self.log_scale = nn.Parameter(
@@ -220,8 +228,9 @@ class AAVAE(Method):
         mu, logvar = mu.float(), logvar.float()
         z = self.rsample(mu, logvar)
         x_hat = self.decoder(z).float()
-        terms = aavae_loss(x_clean, x_hat, mu, logvar, z, log_scale=self.log_scale,
-                           kl_coeff=cfg.kl_coeff)
+        terms = aavae_loss(
+            x_clean, x_hat, mu, logvar, z, log_scale=self.log_scale, kl_coeff=cfg.kl_coeff
+        )
         feats = h if cfg.representation == "backbone" else mu
         return {**{k: v.mean() for k, v in terms.items()}, "features": feats.detach()}
 
@@ -231,8 +240,12 @@ class AAVAE(Method):
         cfg = self.config.model
         gen = torch.Generator().manual_seed(self.config.seed + 12345)
         log_px = importance_weighted_log_likelihood(
-            x, self.posterior, lambda z: self.decoder(z).float(), cfg.val_samples,
-            self.log_scale.detach(), chunk_size=4,
+            x,
+            self.posterior,
+            lambda z: self.decoder(z).float(),
+            cfg.val_samples,
+            self.log_scale.detach(),
+            chunk_size=4,
         )
         x_aug = self.augment(self.to_unit_range(x), generator=gen).to(x.device)
         mu, logvar = self.posterior(x)

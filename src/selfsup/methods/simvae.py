@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from selfsup.config import check_choices
 from selfsup.data.base import DataInfo
 from selfsup.errors import ConfigError
 from selfsup.losses.simvae import (
@@ -99,12 +100,7 @@ class SimVAEConfig:
             "encoder": (self.encoder, ENCODERS),
             "decoder": (self.decoder, DECODERS),
         }
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(
-                    f"model.{key} {value!r} is not a valid choice for simvae; use one of "
-                    f"{', '.join(allowed)}."
-                )
+        check_choices("simvae", choices)
         if self.width < 1 or any(h < 1 for h in self.hidden):
             raise ConfigError("model.width and model.hidden sizes must be positive integers.")
 
@@ -147,10 +143,20 @@ class SimVAE(GaussianEncoderDecoder):
         }
         out = self.decoder_output(z)
         if cfg.prior == "simvae":
-            return simvae_loss(x, out, z, mu, logvar, cfg.n_views, var_z_y=cfg.var_z_y,
-                               p_y_prior=cfg.p_y_prior, **common)
-        return augmented_vae_loss(x, out, z, mu, logvar, cfg.n_views,
-                                  kl_estimator=cfg.kl_estimator, **common)
+            return simvae_loss(
+                x,
+                out,
+                z,
+                mu,
+                logvar,
+                cfg.n_views,
+                var_z_y=cfg.var_z_y,
+                p_y_prior=cfg.p_y_prior,
+                **common,
+            )
+        return augmented_vae_loss(
+            x, out, z, mu, logvar, cfg.n_views, kl_estimator=cfg.kl_estimator, **common
+        )
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         """Mean over samples of the per-sample terms; features = mu of each sample's first view."""
@@ -167,7 +173,7 @@ class SimVAE(GaussianEncoderDecoder):
         """Reconstruction at z = mu (training convention) and KL(q(z|x) || N(0, I)), means."""
         cfg = self.config.model
         mu, logvar = self.posterior(x)
-        rec = view_reconstruction(x, self.decoder_output(mu), cfg.likelihood, cfg.log_var_x,
-                                  cfg.bce_scaled_by_var)
-        return {"reconstruction_at_mean": rec.mean(),
-                "kl": gaussian_kl_standard(mu, logvar).mean()}
+        rec = view_reconstruction(
+            x, self.decoder_output(mu), cfg.likelihood, cfg.log_var_x, cfg.bce_scaled_by_var
+        )
+        return {"reconstruction_at_mean": rec.mean(), "kl": gaussian_kl_standard(mu, logvar).mean()}
