@@ -123,10 +123,9 @@ class Method(L.LightningModule):
         total = terms["loss"]
         if self.online_probe is not None and features is not None:
             probe_loss, probe_acc = self._probe_terms(features[: labels.shape[0]], labels)
-            if probe_loss is not None:
-                total = total + probe_loss
-                terms["online_probe_loss"] = probe_loss
-                terms["online_probe_acc"] = probe_acc
+            total = total + probe_loss
+            terms["online_probe_loss"] = probe_loss
+            terms["online_probe_acc"] = probe_acc
         if self.config.trainer.check_finite:
             self.check_finite(terms)
         self.log_terms(terms, images.shape[0])
@@ -193,14 +192,15 @@ class Method(L.LightningModule):
         }
 
     # ------------------------------------------------------------------------------ internals
-    def _probe_terms(self, features: Tensor, labels: Tensor) -> tuple[Tensor | None, Tensor]:
+    def _probe_terms(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy and accuracy over the labeled rows (label -1 = unlabeled), no host sync."""
         assert self.online_probe is not None
-        labeled = labels >= 0
         logits = self.online_probe(features.detach().float())
-        if not bool(labeled.any()):
-            return None, torch.zeros((), device=features.device)
-        loss = F.cross_entropy(logits[labeled], labels[labeled])
-        acc = (logits[labeled].argmax(1) == labels[labeled]).float().mean()
+        labeled = labels >= 0
+        count = labeled.sum().clamp(min=1)
+        ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        loss = (ce * labeled).sum() / count
+        acc = ((logits.argmax(1) == labels) & labeled).sum() / count
         return loss, acc
 
     def check_finite(self, terms: dict[str, Tensor]) -> None:
