@@ -326,3 +326,58 @@ def write_imagefolder(
             "paths": paths,
         }
     return out
+
+
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard "
+    "Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair "
+    "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
+
+
+def write_celeba(
+    data_dir: str | Path,
+    partitions: tuple[int, ...] = (0,) * 8 + (1,) * 3 + (2,) * 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write torchvision's CelebA layout: 178x218 JPEGs and the attribute/partition lists.
+
+    Returns ``{"folder", "names", "attributes" (N, 40) in {-1, 1}, "partitions", "images"
+    (N, 218, 178, 3) uint8 as written}``. Hair attributes cycle through none / one / two positives.
+    """
+    from PIL import Image
+
+    folder = Path(data_dir) / "celeba"
+    (folder / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = len(partitions)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    attributes = np.where(rng.random((n, 40)) < 0.3, 1, -1)
+    hair = (8, 9, 11, 17)
+    attributes[:, hair] = -1
+    for i in range(n):
+        kind = i % 6
+        if kind < 4:
+            attributes[i, hair[kind]] = 1  # exactly one colour
+        elif kind == 5:
+            attributes[i, [hair[i % 4], hair[(i + 1) % 4]]] = 1  # two colours: ambiguous
+    yy, xx = np.mgrid[0:218, 0:178]
+    images = np.empty((n, 218, 178, 3), dtype=np.uint8)
+    for i in range(n):
+        base = rng.uniform(40, 200, size=3)
+        ramp = 40 * np.sin(xx / (10 + i) + yy / 23)[..., None]
+        images[i] = np.clip(base + ramp, 0, 255).astype(np.uint8)
+        Image.fromarray(images[i]).save(folder / "img_align_celeba" / names[i], quality=95)
+    lines = [str(n), " ".join(CELEBA_ATTRIBUTES) + " "]
+    lines += [
+        f"{name} " + " ".join(f"{v:2d}" for v in row)
+        for name, row in zip(names, attributes, strict=True)
+    ]
+    (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (folder / "list_eval_partition.txt").write_text(
+        "".join(f"{name} {p}\n" for name, p in zip(names, partitions, strict=True))
+    )
+    return {"folder": folder, "names": names, "attributes": attributes,
+            "partitions": np.array(partitions), "images": images}

@@ -55,6 +55,12 @@ def test_train_eval_generate_json(tmp_path):
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["probe"] == probe and 0.0 <= result["accuracy"] <= 1.0
+    proc = selfsup("eval", "linear", "--run", str(run), "--protocol", "sgd", "--epochs", "3",
+                   "--batch-size", "128", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["protocol"] == "sgd-3-epochs" and result["lr"] == 0.05
+    _assert_clean_error(selfsup("eval", "knn", "--run", str(run), "--epochs", "3"), "--epochs")
     proc = selfsup(
         "generate", "--run", str(run), "--n", "16", "--out", str(tmp_path / "g"), "--json"
     )
@@ -98,6 +104,10 @@ def test_train_on_mnist_fixture_files(tmp_path):
         (["train", "vae", "--config", "/nonexistent.yaml"], ["/nonexistent.yaml"]),
         (["eval", "linear", "--run", "/tmp"], ["not a selfsup run folder"]),
         (["train", "--resume", "/tmp"], ["not a selfsup run folder"]),
+        (  # a decoder that cannot produce 8x8 images: incompatible dataset/network
+            ["train", "vae", "--dataset", "digits", "--decoder", "resnet", "--out", "r"],
+            ["divisible by 16", "'conv' decoder"],
+        ),
     ],
 )
 def test_errors_are_one_paragraph_with_exit_code_2(args, fragments, tmp_path):

@@ -247,3 +247,48 @@ def test_stl_truncated(cut, y):
 
 def teardown_module() -> None:
     shutil.rmtree(_STL_DIR, ignore_errors=True)
+
+
+_CELEBA_ATTR = None
+
+
+def _celeba_attr_text() -> bytes:
+    global _CELEBA_ATTR
+    if _CELEBA_ATTR is None:
+        from fixtures import write_celeba
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fx = write_celeba(tmp, partitions=(0, 0, 2))
+            _CELEBA_ATTR = (fx["folder"] / "list_attr_celeba.txt").read_bytes()
+    return _CELEBA_ATTR
+
+
+@FUZZ
+@given(edits=EDITS, cut=st.integers(0, 2000))
+def test_celeba_list_files_fuzz(edits, cut):
+    from selfsup.data.celeba import read_attributes, read_partition
+
+    data = _mutate(_celeba_attr_text(), edits)[: len(_celeba_attr_text()) - cut % 50]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "list.txt"
+        path.write_bytes(data)
+        for reader in (read_attributes, read_partition):
+            try:
+                reader(path)
+            except DataError:
+                pass
+
+
+@FUZZ
+@given(data=st.binary(max_size=600))
+def test_celeba_image_decoder_fuzz(data):
+    from selfsup.data.celeba import decode_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "000001.jpg"
+        path.write_bytes(data)
+        try:
+            image = decode_image(path, 16)
+        except DataError:
+            return
+        assert image.shape == (3, 16, 16) and image.dtype == np.uint8

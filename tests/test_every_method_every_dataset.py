@@ -10,7 +10,7 @@ from selfsup.data.base import DataInfo
 from selfsup.methods import method_class, method_names
 from selfsup.pipelines import build_config
 
-DATASETS = ["digits", "mnist", "cifar10", "stl10"]
+DATASETS = ["digits", "mnist", "cifar10", "stl10", "celeba", "dsprites-procedural"]
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

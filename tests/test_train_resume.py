@@ -173,3 +173,34 @@ def test_full_disk_fails_before_training(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="MiB are free"):
         pipelines.train(config, tmp_path / "full")
     assert not (tmp_path / "full" / "checkpoints").exists()
+
+
+def test_fp16_grad_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
+    """16-mixed uses a GradScaler (on CPU too): its scale must survive a stop and resume."""
+    sets = ["trainer.precision=16-mixed", "optim.lr=3e-3"]
+    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=2), sets=sets)
+    full, _ = pipelines.train(config, tmp_path / "full")
+    short = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1), sets=sets)
+    pipelines.train(short, tmp_path / "split")
+    ckpt = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=False)
+    scaler = ckpt["MixedPrecision"]
+    # the scaler moved away from its initial state (65536, no growth yet) during the first epoch
+    assert scaler["scale"] != 65536.0 or scaler["_growth_tracker"] > 0
+    resumed, result = pipelines.resume(tmp_path / "split", epochs=2)
+    assert result.global_step == 2 * (1438 // 64)
+    _assert_same(_weights(full), _weights(resumed))
+    restored = resumed.trainer.precision_plugin.scaler.state_dict()
+    final = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert restored["scale"] == final["MixedPrecision"]["scale"]
+
+
+def test_compile_networks_keeps_checkpoint_keys():
+    """trainer.compile compiles sub-networks in place: parameter names (checkpoints) unchanged."""
+    config = pipelines.build_config("vicreg", "digits", sets=["trainer.compile=true"])
+    from selfsup.methods import method_class
+
+    method = method_class("vicreg")(config, engine.data_info(pipelines.load_split(config, "train")))
+    before = list(method.state_dict())
+    compiled = method.compile_networks()
+    assert compiled and "augment" not in compiled
+    assert list(method.state_dict()) == before

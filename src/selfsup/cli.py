@@ -25,9 +25,16 @@ EPILOG = """examples:
   selfsup train vae --dataset digits --beta 4 --set optim.lr=3e-4
   selfsup train --resume runs/vae-mnist --epochs 20
   selfsup eval linear --run runs/vae-mnist --json
+  selfsup eval linear --run runs/vicreg-cifar10 --protocol sgd --epochs 50
   selfsup generate --run runs/vae-mnist --n 64 --out samples/
+  selfsup generate --run runs/hvae-mnist --mode limiting --steps 1000 --n 1000 --out gen/
+  selfsup fid gen/samples ref/ --inception-weights inception.pt --json
   selfsup data list
   selfsup data check mnist --data-dir ../shared/data
+  selfsup data prepare mpi3d --variant toy --data-dir data
+  selfsup eval factors --run runs/byol-dsprites --max-samples 20000
+  selfsup report runs/vae-mnist runs/vicreg-mnist --out report.html
+  selfsup compare --preset mnist-all --data-dir ../shared/data --out runs/compare-mnist
 """
 
 
@@ -142,10 +149,123 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup import pipelines
 
     method = pipelines.load_run(args.run, device=args.device)
+    if args.probe == "factors":
+        return _eval_factors(args, method)
+    if args.probe == "fid":
+        return _eval_fid(args, method)
+    if args.max_samples is not None:
+        raise ConfigError("--max-samples applies to `selfsup eval factors` only.")
+    options: dict = {}
+    if args.protocol is not None:
+        if args.probe != "linear":
+            raise ConfigError("--protocol applies to `selfsup eval linear` only.")
+        options["protocol"] = args.protocol
+    for key in ("epochs", "lr", "batch_size"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if args.probe not in ("linear", "mlp") or (
+            args.probe == "linear" and options.get("protocol", "lbfgs") == "lbfgs"
+        ):
+            raise ConfigError(
+                f"--{key.replace('_', '-')} applies to the MLP probe and to the SGD/Adam linear "
+                "protocol (`selfsup eval linear --protocol sgd --epochs 50`), not to "
+                f"{args.probe} {options.get('protocol', '')}".rstrip() + "."
+            )
+        options["base_lr" if key == "lr" and args.probe == "linear" else key] = value
     result = pipelines.evaluate(
-        method, args.probe, args.data_dir, device=args.device, seed=args.seed
+        method, args.probe, args.data_dir, device=args.device, seed=args.seed,
+        probe_options=options,
     )
+    from selfsup.report import eval_name, save_evaluation
+
+    save_evaluation(args.run, eval_name(args.probe, options), result)  # read by `selfsup report`
     _emit(result, args.json, f"{args.probe} evaluation of {args.run} (test split):")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfsup.report import write_report
+
+    fmt = args.format or ("md" if str(args.out or "").endswith(".md") else "html")
+    out = Path(args.out or f"report.{fmt}")
+    path = write_report(args.runs, out, fmt, title=args.title)
+    _emit({"report": str(path), "runs": len(args.runs), "format": fmt}, args.json, "Wrote:")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from selfsup.compare import compare
+
+    if args.overwrite and args.reuse:
+        raise ConfigError("Pass either --overwrite or --reuse, not both.")
+    summary = compare(
+        args.preset,
+        args.out,
+        dataset=args.dataset,
+        methods=args.methods,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        data_dir=args.data_dir,
+        threads=args.threads,
+        existing="overwrite" if args.overwrite else "reuse" if args.reuse else "error",
+        formats=("html", "md") if args.format == "both" else (args.format,),
+    )
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return 0
+    print(f"Compared {len(summary['methods'])} methods on {summary['dataset']}:")
+    for name, row in summary["methods"].items():
+        scores = "  ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if k != "run_dir" and v is not None
+        )
+        print(f"  {name:<12} {scores}")
+    for path in summary["reports"].values():
+        print(f"Report: {path}")
+    return 0
+
+
+def _eval_factors(args: argparse.Namespace, method: Any) -> int:
+    from selfsup.evaluate.factors import evaluate_factors, format_table, save_result
+
+    for key in ("protocol", "epochs", "lr", "batch_size"):
+        if getattr(args, key, None) is not None:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to `selfsup eval factors`.")
+    result = evaluate_factors(
+        method, args.data_dir, device=args.device, max_samples=args.max_samples or 0,
+        seed=args.seed,
+    )
+    result["run"] = str(args.run)
+    result["json_file"] = str(save_result(result, args.run))
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(format_table(result))
+        print(f"(written to {result['json_file']})")
+    return 0
+
+
+def _eval_fid(args: argparse.Namespace, method: Any) -> int:
+    """`selfsup eval fid --run RUN --mode random|limiting`: FID of samples vs the test split."""
+    from selfsup import pipelines
+
+    result = pipelines.run_fid(
+        method, mode=args.mode or "random", n=args.n or 10000, n_ref=args.n_ref,
+        steps=args.steps, weights=args.inception_weights, data_dir=args.data_dir,
+        seed=args.seed, device=args.device, images_out=args.save_images,
+    )
+    _emit(result, args.json, f"FID of {args.run} ({result['mode']} samples vs test images):")
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    """`selfsup fid DIR_A DIR_B`: FID between two folders of images."""
+    from selfsup.evaluate.fid import fid_between_folders
+
+    result = fid_between_folders(args.dir_a, args.dir_b, args.inception_weights,
+                                 args.batch_size, args.device)
+    _emit(result, args.json, f"FID between {args.dir_a} and {args.dir_b}:")
     return 0
 
 
@@ -156,6 +276,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     method = pipelines.load_run(args.run, device=args.device)
     if not method.generative:
         raise ConfigError(f"{method.name} has no decoder, so it cannot generate images.")
+    if args.mode is not None:  # n samples as PNG files + a grid
+        images = pipelines.generate_images(method, args.n, args.mode, args.steps, seed=args.seed)
+        written = pipelines.save_image_folder(images, Path(args.out))
+        _emit({**written, "mode": args.mode}, args.json, "Wrote:")
+        return 0
     spec_split = pipelines.dataset_spec(method.config.data.name).test_split
     dataset = pipelines.load_split(method.config, spec_split, args.data_dir)
     paths = save_generative_grids(method, dataset, Path(args.out), n=args.n)
@@ -166,6 +291,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from selfsup.data import check_dataset, list_datasets
 
+    if args.action == "prepare":
+        return _data_prepare(args)
     if args.action == "list":
         rows = list_datasets()
         if args.json:
@@ -191,6 +318,28 @@ def cmd_data(args: argparse.Namespace) -> int:
             print(f"  {mark}{f['path']}")
         print(f"  {report['message']}")
     return 0 if report["valid"] else 1
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from selfsup.data import mpi3d
+
+    name = (args.name or "").lower()
+    variant = args.variant
+    if name.startswith("mpi3d-"):
+        name, variant = "mpi3d", variant or name[len("mpi3d-") :]
+    if name != "mpi3d":
+        raise ConfigError(
+            "Only MPI3D needs preparing: `selfsup data prepare mpi3d --variant toy --data-dir DIR` "
+            "(other datasets are read directly)."
+        )
+    report = mpi3d.prepare(args.data_dir, variant or "toy")
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        done = "already prepared" if report["skipped"] else "converted"
+        print(f"mpi3d-{variant or 'toy'}: {done}: {report['output']} ({report['images']} images, "
+              f"{report['bytes'] / 2**30:.2f} GiB, memory-mapped when training)")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -293,25 +442,113 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print one JSON summary")
 
     ev = sub.add_parser("eval", help="frozen-encoder evaluation of a run on the test split")
-    ev.add_argument("probe", choices=["linear", "mlp", "knn", "gmm"])
+    ev.add_argument("probe", choices=["linear", "mlp", "knn", "gmm", "factors", "fid"])
     ev.add_argument("--run", required=True, help="run folder")
     ev.add_argument("--data-dir", help="dataset folder (default: the one used for training)")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument(
+        "--max-samples", type=int,
+        help="factors only: at most N samples per split (seeded subset; default every sample)",
+    )
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--protocol", choices=["lbfgs", "sgd", "adam"],
+        help="linear only: lbfgs (default; weight decay chosen on a validation split) or the "
+        "papers' fixed-epoch protocol: a linear layer trained by SGD (Nesterov) or Adam with a "
+        "cosine schedule, e.g. --protocol sgd --epochs 50",
+    )
+    ev.add_argument("--epochs", type=int, help="epochs of the SGD/Adam protocol or MLP probe")
+    ev.add_argument("--lr", type=float, help="base learning rate (protocol: scaled by batch/256)")
+    ev.add_argument("--batch-size", type=int, help="mini-batch of the SGD/Adam protocol or MLP")
+    ev.add_argument("--mode", choices=["random", "limiting"],
+                    help="fid only: samples from random codes (default) or the limiting "
+                    "distribution of the encoder-decoder Markov chain")
+    ev.add_argument("--n", type=int, help="fid only: number of samples (default 10000)")
+    ev.add_argument("--n-ref", type=int, default=10000,
+                    help="fid only: number of test images for the reference statistics")
+    ev.add_argument("--steps", type=int, help="fid --mode limiting: Markov chain transitions")
+    ev.add_argument("--inception-weights", metavar="PATH",
+                    help="fid only: pytorch-fid .pth, TorchScript Inception .pt, or 'download'")
+    ev.add_argument("--save-images", metavar="DIR", help="fid only: also write the samples")
     ev.add_argument("--json", action="store_true")
 
     gen = sub.add_parser("generate", help="sample and reconstruct images with a generative run")
     gen.add_argument("--run", required=True)
-    gen.add_argument("--n", type=int, default=64, help="number of reconstructions")
+    gen.add_argument("--n", type=int, default=64,
+                     help="number of reconstructions (with --mode: of samples)")
     gen.add_argument("--out", required=True, help="output folder")
     gen.add_argument("--data-dir")
     gen.add_argument("--device", default="cpu")
+    gen.add_argument("--mode", choices=["random", "limiting"],
+                     help="write N samples as PNG files + grid.png: random codes, or the "
+                     "limiting distribution of the encoder-decoder chain (hvae)")
+    gen.add_argument("--steps", type=int, help="--mode limiting: chain transitions (default "
+                     "model.chain_steps, 1000)")
+    gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--json", action="store_true")
 
-    data = sub.add_parser("data", help="list datasets or check that one is present and valid")
-    data.add_argument("action", choices=["list", "check"])
+    fidp = sub.add_parser("fid", help="Frechet Inception Distance between two image folders")
+    fidp.add_argument("dir_a")
+    fidp.add_argument("dir_b")
+    fidp.add_argument("--inception-weights", metavar="PATH",
+                      help="pytorch-fid .pth, TorchScript Inception .pt, or 'download' "
+                      "(default: $SELFSUP_INCEPTION_WEIGHTS, else a random init with a warning)")
+    fidp.add_argument("--batch-size", type=int, default=50)
+    fidp.add_argument("--device", default="cpu")
+    fidp.add_argument("--json", action="store_true")
+
+    rep = sub.add_parser(
+        "report",
+        help="one page comparing run folders (self-contained HTML, or a Markdown table)",
+        description="Summarize run folders: method, dataset, budget, wall time, every saved "
+        "evaluation (RUN_DIR/eval/*.json, written by `selfsup eval`) and the figures in "
+        "RUN_DIR/images/. HTML embeds the figures and needs no network; Markdown links them.",
+        epilog="example:\n  selfsup report runs/vae-mnist runs/vicreg-mnist --out report.html\n"
+        "  selfsup report runs/* --format md --out results.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+    rep.add_argument("--out", help="output file (default report.html / report.md)")
+    rep.add_argument("--format", choices=["html", "md"], help="html (default) or md")
+    rep.add_argument("--title", default="selfsup report")
+    rep.add_argument("--json", action="store_true")
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="train every method of a preset on one dataset, evaluate all, write a report",
+        description="Train several methods with one shared budget (epochs, steps, batch size), "
+        "evaluate each (linear and kNN probes; GMM clustering for generative methods), and write "
+        "OUT/report.html and OUT/report.md. Presets: configs/compare/*.yaml (mnist-all, "
+        "digits-all) or a YAML file of your own.",
+        epilog="examples:\n  selfsup compare --preset digits-all --out runs/compare-digits\n"
+        "  selfsup compare --preset mnist-all --data-dir ../shared/data --out runs/cmp-mnist\n"
+        "  selfsup compare --preset mnist-all --methods vae,simvae,vicreg --epochs 5 "
+        "--data-dir ../shared/data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp_.add_argument("--preset", default="digits-all", help="preset name or YAML file")
+    cmp_.add_argument("--dataset", help="override the preset's dataset")
+    cmp_.add_argument("--methods", help="comma-separated methods, or `all`")
+    cmp_.add_argument("--epochs", type=int, help="shared number of epochs")
+    cmp_.add_argument("--max-steps", type=int, help="stop each run after N steps (-1: no limit)")
+    cmp_.add_argument("--data-dir", help="folder holding the datasets")
+    cmp_.add_argument("--threads", type=int, help="CPU threads per run (trainer.num_threads)")
+    cmp_.add_argument("--out", help="output folder (default runs/compare-PRESET-DATASET)")
+    cmp_.add_argument("--format", choices=["html", "md", "both"], default="both")
+    cmp_.add_argument("--overwrite", action="store_true", help="retrain existing method folders")
+    cmp_.add_argument("--reuse", action="store_true", help="keep existing runs, re-evaluate them")
+    cmp_.add_argument("--json", action="store_true")
+
+    data = sub.add_parser(
+        "data", help="list datasets, check that one is present and valid, or prepare MPI3D"
+    )
+    data.add_argument("action", choices=["list", "check", "prepare"])
     data.add_argument("name", nargs="?")
     data.add_argument("--data-dir", default="data")
+    data.add_argument(
+        "--variant", choices=["toy", "realistic", "real"],
+        help="prepare mpi3d: which file to convert (default toy)",
+    )
     data.add_argument("--json", action="store_true")
     return parser
 
@@ -337,8 +574,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "fid":
+            return cmd_fid(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_demo(args)
     except SelfsupError as exc:
         print(f"selfsup: error: {exc}", file=sys.stderr)

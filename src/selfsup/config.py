@@ -38,6 +38,11 @@ class DataConfig:
 
     ``batch_size`` is the global batch (summed over devices); each device gets
     ``batch_size / devices`` samples. ``train_split`` empty means the dataset's train split.
+
+    Factor datasets (dSprites, MPI3D): ``split_scheme`` ``ood`` (train on some factor
+    combinations, val/test on unseen ones) or ``iid`` (random splits of the same sizes); ``ood_k``
+    the number of combinations trained on (0: the dataset's default, dSprites 2, MPI3D 3);
+    ``heldout_fraction`` of train kept aside (fixed seed) as the in-distribution held-out split.
     """
 
     name: str = "digits"
@@ -49,6 +54,9 @@ class DataConfig:
     root: str = "imagefolder"
     num_workers: int = 2
     on_device: bool = True
+    split_scheme: str = "ood"
+    ood_k: int = 0
+    heldout_fraction: float = 0.1
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -57,6 +65,9 @@ class DataConfig:
             raise ConfigError(f"data.image_size must be >= 4 pixels, got {self.image_size}.")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}.")
+        from selfsup.data.splits import check_split_options
+
+        check_split_options(self.name, self.split_scheme, self.ood_k, self.heldout_fraction)
 
 
 @dataclass
@@ -65,7 +76,8 @@ class TrainerConfig:
 
     ``epochs`` bounds training; ``max_steps`` > 0 stops earlier. Checkpoints are written every
     ``checkpoint_every`` epochs (kept) plus ``last.ckpt`` at each of them, at the end, and on
-    interrupt. ``log_every`` is in optimizer steps.
+    interrupt. ``log_every`` is in optimizer steps. ``plots`` writes figures into ``images/``
+    every ``plot_every`` epochs and at the end (``embedding_plot``: tsne, pca or none).
     """
 
     epochs: int = 10
@@ -86,6 +98,8 @@ class TrainerConfig:
     compile: bool = False
     channels_last: bool = False
     plots: bool = True
+    plot_every: int = 1
+    embedding_plot: str = "tsne"
     num_threads: int = 0
 
     def validate(self) -> None:
@@ -111,7 +125,12 @@ class TrainerConfig:
                 f"trainer.strategy {self.strategy!r} is unknown; use auto or ddp (one process "
                 "per device, the recommended multi-GPU strategy)."
             )
-        for name in ("checkpoint_every", "log_every"):
+        if self.embedding_plot not in ("tsne", "pca", "none"):
+            raise ConfigError(
+                f"trainer.embedding_plot {self.embedding_plot!r} is unknown; use tsne, pca (fast) "
+                "or none."
+            )
+        for name in ("checkpoint_every", "log_every", "plot_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}.")
         if self.val_every < 0:

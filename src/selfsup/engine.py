@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -176,7 +177,7 @@ class GracefulStop(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *a: Any) -> None:
         if self.requested is not None and not trainer.should_stop:
             path = self.checkpoint_dir / LAST
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
             if isinstance(pl_module, Method):
                 pl_module.last_checkpoint = str(path)
             # Lightning ends the epoch when asked to stop; keep its end-of-epoch save from
@@ -331,13 +332,28 @@ def build_trainer(
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="gloo")
+    precision: Any = tcfg.precision
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    on_cuda = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    if precision == "16-mixed" and not on_cuda:
+        # Lightning would silently train in bf16 instead; honour the request: fp16 autocast with
+        # a GradScaler (checkpointed and restored like on the GPU), slow on most CPUs.
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        print(
+            "selfsup: note: 16-mixed on the CPU runs fp16 autocast with a GradScaler, which most "
+            "CPUs execute slowly; bf16-mixed is the fast CPU choice.",
+            file=sys.stderr,
+        )
+        plugins.append(MixedPrecision("16-mixed", "cpu"))
+        precision = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return L.Trainer(
             accelerator=accelerator,
             devices=tcfg.devices,
             strategy=strategy,
-            precision=tcfg.precision,  # type: ignore[arg-type]
+            precision=precision,
             max_epochs=tcfg.epochs,
             max_steps=tcfg.max_steps,
             gradient_clip_val=tcfg.gradient_clip or None,
@@ -350,7 +366,7 @@ def build_trainer(
             enable_model_summary=False,
             callbacks=callbacks,
             logger=loggers,
-            plugins=[AtomicCheckpointIO()],
+            plugins=plugins,
             default_root_dir=str(run_dir),
             use_distributed_sampler=False,
         )
@@ -399,7 +415,15 @@ def fit(
         )
     if tcfg.channels_last:
         method = method.to(memory_format=torch.channels_last)  # type: ignore[assignment]
-    trainer = build_trainer(config, run_dir, loader, extra_callbacks or [])
+    if tcfg.compile:
+        method.compile_networks()
+    callbacks = list(extra_callbacks or [])
+    if tcfg.plots:  # figures into run_dir/images and TensorBoard, per epoch and at the end
+        from selfsup.callbacks import RunPlots
+
+        shown = val_set if val_set is not None else train_set
+        callbacks.append(RunPlots(run_dir, shown, tcfg.plot_every, tcfg.embedding_plot))
+    trainer = build_trainer(config, run_dir, loader, callbacks)
     method.steps_per_epoch = len(loader)
     if (
         isinstance(loader, InMemoryBatches)
@@ -431,7 +455,7 @@ def fit(
     )
     last = run_dir / CHECKPOINT_DIR / LAST
     if not interrupted:
-        trainer.save_checkpoint(last)  # a collective under DDP: rank 0 writes
+        trainer.save_checkpoint(last, weights_only=False)  # a collective under DDP: rank 0 writes
     steps = trainer.global_step - start_step
     return TrainResult(
         run_dir=run_dir,

@@ -15,6 +15,7 @@ import torch
 
 from selfsup.config import RunConfig, config_from_dict, load_yaml, preset_path, resolve_config
 from selfsup.data import dataset_spec, load_dataset
+from selfsup.data.augment import resolve_normalization
 from selfsup.data.base import AnyDataset, DataInfo, ImageDataset
 from selfsup.engine import (
     CHECKPOINT_DIR,
@@ -81,9 +82,13 @@ def build_config(
         or file_layer.get("data", {}).get("image_size")
         or 64
     )
-    layers: list[tuple[str, dict[str, Any]]] = [
-        (f"the defaults of {method} for {name}", cls.default_config(_spec_info(name, image_size)))
-    ]
+    method_defaults = cls.default_config(_spec_info(name, image_size))
+    layers: list[tuple[str, dict[str, Any]]] = [(f"the defaults of {method} for {name}",
+                                                  method_defaults)]
+    dataset_augment = dataset_spec(name).extra.get("augment")
+    if dataset_augment and "augment" in method_defaults:
+        # A method that augments by design gets the dataset's own (the paper's) augmentations.
+        layers.append((f"the augmentations of dataset {name}", {"augment": dict(dataset_augment)}))
     preset = preset_path(method, name)
     if use_preset and preset.is_file():
         layers.append((f"preset {preset}", load_yaml(preset)))
@@ -140,12 +145,13 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method,
     torch.manual_seed(config.seed)
     train_set = load_split(config, train_split_name(config))
     test_set = _optional_test_split(config)
+    resolve_normalization(config.augment, train_set)  # normalize_stats=train: saved in config
     method = method_class(config.method)(config, data_info(train_set))
     run_dir.mkdir(parents=True, exist_ok=True)
     if not worker:
         config.save(run_dir / CONFIG_FILE)  # after the method resolved its "auto" choices
     result = fit(method, train_set, test_set, run_dir)
-    _finish(method, test_set or train_set, run_dir)
+    _finish(method, test_set or train_set, run_dir, result)
     return method, result
 
 
@@ -167,7 +173,7 @@ def resume(run_dir: str | Path, epochs: int | None = None) -> tuple[Method, Trai
     test_set = _optional_test_split(config)
     method = method_class(config.method)(config, data_info(train_set))
     result = fit(method, train_set, test_set, run_dir, resume=True)
-    _finish(method, test_set or train_set, run_dir)
+    _finish(method, test_set or train_set, run_dir, result)
     return method, result
 
 
@@ -178,10 +184,17 @@ def _optional_test_split(config: RunConfig) -> AnyDataset | None:
     return load_split(config, spec.test_split)
 
 
-def _finish(method: Method, dataset: AnyDataset, run_dir: Path) -> None:
-    """End-of-run artefacts (image grids for generative models)."""
+def _finish(method: Method, dataset: AnyDataset, run_dir: Path, result: TrainResult) -> None:
+    """End-of-run artefacts: the session's wall time and steps (``training.json``, read by
+    ``selfsup report``) and image grids for generative models (when the figures callback,
+    :class:`selfsup.callbacks.RunPlots`, did not already write them)."""
+    if not is_launched_worker():
+        from selfsup.report import record_training
+
+        record_training(run_dir, result)
     if (
-        not method.config.trainer.plots
+        (run_dir / "images" / "reconstructions.png").is_file()
+        or not method.config.trainer.plots
         or not isinstance(dataset, ImageDataset)
         or (is_launched_worker())
     ):
@@ -294,22 +307,42 @@ def evaluate(
     device: str | torch.device = "cpu",
     seed: int = 0,
     features: Features | None = None,
+    probe_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Frozen-encoder probe: fit on train (chosen on a val split of train), scored on test."""
+    """Frozen-encoder probe: fit on train (chosen on a val split of train), scored on test.
+
+    ``probe_options`` are keyword arguments of the probe function (e.g. ``{"epochs": 20}`` for the
+    MLP probe, ``{"k": [5, 20]}`` for kNN); for ``linear``, ``{"protocol": "sgd", "epochs": 50}``
+    runs the papers' fixed-epoch SGD protocol (:func:`linear_protocol_probe`) instead of L-BFGS.
+    """
     from selfsup.evaluate import gmm_clustering, knn_probe, linear_probe, mlp_probe
+    from selfsup.evaluate.linear_protocol import linear_protocol_probe
 
     if probe not in PROBES:
         raise ConfigError(f"Unknown probe {probe!r}; choose one of {', '.join(PROBES)}.")
+    options = dict(probe_options or {})
     f = features or run_features(method, data_dir, device)
     started = time.perf_counter()
-    if probe == "linear":
-        result = linear_probe(f.train_x, f.train_y, f.test_x, f.test_y, seed=seed, device=device)
-    elif probe == "mlp":
-        result = mlp_probe(f.train_x, f.train_y, f.test_x, f.test_y, seed=seed, device=device)
-    elif probe == "knn":
-        result = knn_probe(f.train_x, f.train_y, f.test_x, f.test_y, device=device)
-    else:
-        result = gmm_clustering(f.test_x, f.test_y, seed=seed)
+    data = (f.train_x, f.train_y, f.test_x, f.test_y)
+    try:
+        if probe == "linear" and options.get("protocol", "lbfgs") != "lbfgs":
+            optimizer = options.pop("protocol")
+            result = linear_protocol_probe(
+                *data, optimizer=optimizer, seed=seed, device=device, **options
+            )
+        elif probe == "linear":
+            options.pop("protocol", None)
+            result = linear_probe(*data, seed=seed, device=device, **options)
+        elif probe == "mlp":
+            result = mlp_probe(*data, seed=seed, device=device, **options)
+        elif probe == "knn":
+            result = knn_probe(*data, device=device, **options)
+        else:
+            result = gmm_clustering(f.test_x, f.test_y, seed=seed, **options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"Option not accepted by the {probe} probe ({exc}). See `selfsup eval --help`."
+        ) from None
     result = dict(result)
     result.update(
         method=method.config.method,
@@ -318,3 +351,140 @@ def evaluate(
         seconds=round(time.perf_counter() - started, 3),
     )
     return result
+
+
+# ------------------------------------------------------------------------ generation and FID
+GENERATE_MODES = ("random", "limiting")
+
+
+def generate_images(
+    method: Method,
+    n: int,
+    mode: str = "random",
+    steps: int | None = None,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> torch.Tensor:
+    """n images in [0, 1] (on the CPU) from a generative run.
+
+    ``random``: the decoder's means for codes drawn from the prior (``method.sample``);
+    ``limiting``: the limiting distribution of the encoder-decoder Markov chain
+    (``method.sample_limiting``: ``steps`` transitions from noise, chains run in parallel).
+    """
+    if mode not in GENERATE_MODES:
+        raise ConfigError(f"Unknown generation mode {mode!r}; use random or limiting.")
+    if not method.generative:
+        raise ConfigError(f"{method.name} has no decoder, so it cannot generate images.")
+    if mode == "limiting" and not hasattr(method, "sample_limiting"):
+        raise ConfigError(
+            f"--mode limiting needs a method with an encoder-decoder Markov chain sampler "
+            f"(hvae); {method.name} supports --mode random."
+        )
+    if n < 1:
+        raise ConfigError(f"The number of images must be >= 1, got {n}.")
+    torch.manual_seed(seed)
+    was_training = method.training
+    method.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                k = min(batch_size, n - start)
+                if mode == "random":
+                    images = method.sample(k)
+                else:
+                    images = method.sample_limiting(k, steps)  # type: ignore[attr-defined]
+                out.append(images.float().clamp(0, 1).cpu())
+    finally:
+        method.train(was_training)
+    return torch.cat(out)
+
+
+def quantize_images(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] rounded to 8 bits (what a PNG stores), still float in [0, 1]."""
+    return (images.float().clamp(0, 1) * 255).round() / 255
+
+
+def save_image_folder(images: torch.Tensor, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``out_dir/samples/NNNNNN.png`` (8-bit) and ``out_dir/grid.png`` (first 64)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    out_dir = Path(out_dir)
+    folder = out_dir / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = (quantize_images(images) * 255).to(torch.uint8).cpu().numpy()
+    for i, img in enumerate(pixels):
+        arr = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+        Image.fromarray(np.ascontiguousarray(arr)).save(folder / f"{i:06d}.png")
+    grid = out_dir / "grid.png"
+    save_image(quantize_images(images[:64]), grid, nrow=8, padding=2, pad_value=1.0)
+    return {"samples": str(folder), "grid": str(grid), "n": int(images.shape[0])}
+
+
+def reference_images(method: Method, n: int, data_dir: str | Path | None = None) -> torch.Tensor:
+    """The first ``n`` test images of the run's dataset, preprocessed like the model's training
+    data (e.g. binarized) and quantized to 8 bits, in [0, 1]."""
+    config = method.config
+    spec = dataset_spec(config.data.name)
+    split = spec.test_split if spec.test_split in spec.splits else train_split_name(config)
+    dataset = load_split(config, split, data_dir)
+    if not isinstance(dataset, ImageDataset):
+        raise ConfigError("FID reference statistics need an in-memory dataset (not imagefolder).")
+    images = dataset.images[:n]
+    out = []
+    for start in range(0, images.shape[0], 1000):
+        batch = method.preprocess(images[start : start + 1000].to(method.device))
+        out.append(quantize_images(batch).cpu())
+    return torch.cat(out)
+
+
+def run_fid(
+    method: Method,
+    mode: str = "random",
+    n: int = 10000,
+    n_ref: int = 10000,
+    steps: int | None = None,
+    weights: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    images_out: str | Path | None = None,
+    batch_size: int = 50,
+) -> dict[str, Any]:
+    """FID between ``n`` generated images and the first ``n_ref`` test images of the dataset.
+
+    Reference statistics are cached per (dataset, split, n_ref, preprocessing, weights)
+    (:func:`selfsup.evaluate.fid.cached_statistics`).
+    """
+    from selfsup.evaluate import fid
+
+    started = time.perf_counter()
+    model = fid.load_inception(weights, device)
+    config = method.config
+    binarize = getattr(config.model, "binarize", None)
+    key = f"{config.data.name}-test-n{n_ref}-binarize{binarize}"
+
+    def compute_reference() -> tuple[Any, Any]:
+        ref = reference_images(method, n_ref, data_dir)
+        return fid.feature_statistics(fid.inception_features(model, ref, batch_size, device))
+
+    mu_r, sigma_r = fid.cached_statistics(key, compute_reference, weights)
+    images = quantize_images(generate_images(method, n, mode, steps, seed=seed))
+    if images_out is not None:
+        save_image_folder(images, images_out)
+    mu, sigma = fid.feature_statistics(fid.inception_features(model, images, batch_size, device))
+    chain = getattr(config.model, "chain_steps", None) if steps is None else steps
+    return {
+        "fid": fid.frechet_distance(mu, sigma, mu_r, sigma_r),
+        "mode": mode,
+        "n_samples": n,
+        "n_reference": n_ref,
+        "steps": chain if mode == "limiting" else None,
+        "reference": f"{config.data.name} test split, first {n_ref} images"
+        + (f", binarized at {binarize}" if binarize is not None else ""),
+        "inception": fid.describe_weights(weights),
+        "method": config.method,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfsup.data import cifar, digits, imagefolder, mnist, stl10
+from selfsup.data import celeba, cifar, digits, dsprites, imagefolder, mnist, mpi3d, stl10
 from selfsup.data.base import AnyDataset, DatasetSpec, ImageDataset, StreamingDataset
 from selfsup.data.splits import holdout_split, stratified_holdout_split
 from selfsup.errors import ConfigError, DataError
@@ -51,6 +51,10 @@ for _spec in (
     cifar.SPEC,
     stl10.SPEC,
     imagefolder.SPEC,
+    celeba.SPEC,
+    dsprites.SPEC,
+    dsprites.PROCEDURAL_SPEC,
+    *mpi3d.SPECS,
 ):
     register(_spec)
 

@@ -30,7 +30,13 @@ from torch import Tensor
 
 from selfsup.errors import ConfigError, DataError
 
-__all__ = ["AugmentConfig", "BatchAugment", "to_float"]
+__all__ = [
+    "AugmentConfig",
+    "BatchAugment",
+    "channel_stats",
+    "resolve_normalization",
+    "to_float",
+]
 
 # torchvision's luma weights (ITU-R 601-2 with torchvision's rounding of the red weight).
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -59,6 +65,11 @@ class AugmentConfig:
         interpolation: ``"bilinear"`` or ``"nearest"``.
         binarize: threshold ``t`` in ``[0, 1]``: ``x -> 1 if x > t else 0`` (None: off).
         normalize: if true, ``x -> (x - mean[c]) / std[c]`` with the per-channel ``mean``/``std``.
+        normalize_stats: ``"given"`` (use ``mean``/``std`` as set) or ``"train"``: when training
+            starts, ``mean``/``std`` become the per-channel mean and (population) standard
+            deviation of the train split's pixels in [0, 1] and ``normalize`` is switched on; the
+            values are saved in the run's config.yaml, so resume and evaluation reuse them
+            (:func:`resolve_normalization`).
     """
 
     crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -80,6 +91,7 @@ class AugmentConfig:
     normalize: bool = False
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    normalize_stats: str = "given"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for out-of-range or inconsistent values."""
@@ -162,17 +174,76 @@ class AugmentConfig:
                 f"augment.mean has {len(self.mean)} values but augment.std has {len(self.std)}. "
                 "Give one mean and one std per image channel."
             )
-        if self.normalize and not self.mean:
+        if self.normalize_stats not in ("given", "train"):
+            raise ConfigError(
+                f"augment.normalize_stats = {self.normalize_stats!r} is unknown. Use 'given' "
+                "(augment.mean/std as set) or 'train' (computed from the train split)."
+            )
+        if self.normalize and not self.mean and self.normalize_stats != "train":
             raise ConfigError(
                 "augment.normalize is true but augment.mean and augment.std are empty. Give one "
                 "mean and one std per image channel (e.g. [0.5] and [0.5] for grayscale images), "
-                "or set normalize to false."
+                "set augment.normalize_stats=train to compute them from the train split, or set "
+                "normalize to false."
             )
         if any(float(s) <= 0 for s in self.std):
             raise ConfigError(
                 f"augment.std = {list(self.std)} contains a non-positive value; standard "
                 "deviations used for normalization must be > 0."
             )
+
+
+def channel_stats(dataset: object, chunk: int = 2048, max_streamed: int = 50000
+                  ) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population std of a dataset's pixels scaled to [0, 1].
+
+    mean_c = sum x / M, std_c = sqrt(sum x^2 / M - mean_c^2) over all M pixels of channel c of the
+    images (accumulated in float64). In-memory datasets (a uint8 ``images`` tensor (N, C, H, W))
+    use every image; others (memory-mapped splits with ``get_batch(positions)``, streamed
+    datasets) use ``max_streamed`` evenly spaced images.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    images = getattr(dataset, "images", None)
+    in_memory = isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[0] == n
+    if in_memory:
+        order = list(range(n))
+    else:
+        order = torch.linspace(0, n - 1, min(n, max_streamed)).round().long().unique().tolist()
+    get_batch = getattr(dataset, "get_batch", None)
+    total = 0
+    sums = sq = None
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        if in_memory:
+            batch = images[part[0] : part[-1] + 1]  # type: ignore[index]
+        elif get_batch is not None:
+            batch = torch.as_tensor(get_batch(torch.tensor(part)))
+        else:
+            batch = torch.stack([dataset[i][0] for i in part])  # type: ignore[index]
+        if batch.dtype == torch.uint8:  # exact and fast: a 256-bin histogram per channel
+            levels = torch.arange(256, dtype=torch.float64) / 255.0
+            hist = torch.stack([torch.bincount(batch[:, c].reshape(-1), minlength=256)
+                                for c in range(batch.shape[1])]).to(torch.float64)
+            s1, s2 = hist @ levels, hist @ levels.square()
+        else:
+            x = batch.to(torch.float64)
+            s1, s2 = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
+        sums, sq = (s1, s2) if sums is None else (sums + s1, sq + s2)
+        total += batch.shape[0] * batch.shape[2] * batch.shape[3]
+    if sums is None or total == 0:
+        raise DataError("Cannot compute normalization statistics of an empty train split.")
+    mean = sums / total
+    std = (sq / total - mean.square()).clamp(min=0).sqrt().clamp(min=1e-3)
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def resolve_normalization(cfg: AugmentConfig, train_set: object) -> None:
+    """With ``normalize_stats == "train"`` and no mean/std yet, fill them in from ``train_set``
+    (:func:`channel_stats`) and switch ``normalize`` on; otherwise leave ``cfg`` unchanged."""
+    if cfg.normalize_stats != "train" or cfg.mean:
+        return
+    cfg.mean, cfg.std = channel_stats(train_set)
+    cfg.normalize = True
 
 
 def _pair(values: list[float], name: str) -> tuple[float, float]:

@@ -75,3 +75,143 @@ def stratified_holdout_split(
     holdout = torch.nonzero(mask, as_tuple=False).flatten().long()
     keep = torch.nonzero(~mask, as_tuple=False).flatten().long()
     return keep, holdout
+
+
+# ------------------------------------------------------------------ factor-combination splits
+#
+# Datasets rendered from a full grid of generative factors (dSprites, MPI3D) store image ``i`` at
+# the C-order (row-major) index of its factor classes, so every split below is index arithmetic on
+# ``range(prod(sizes))``: no image is read. A split is an int64 index array into that grid.
+
+FACTOR_SPLITS = ("train", "heldout", "val", "test")
+SPLIT_SCHEMES = ("ood", "iid")
+DSPRITES_SIZES = (1, 3, 6, 40, 32, 32)  # color, shape, scale, orientation, posX, posY
+MPI3D_SIZES = (6, 6, 2, 3, 3, 40, 40)  # color, shape, size, height, background, h-axis, v-axis
+OOD_K_RANGE = {"dsprites": (1, 2), "mpi3d": (1, 4)}
+OOD_K_DEFAULT = {"dsprites": 2, "mpi3d": 3}
+HELDOUT_SEED = 0
+SPLIT_SEED = 0
+
+# dSprites OOD roles per (shape, quadrant); quadrant q = 2 * (posX >= half) + (posY >= half).
+# "k1" is trained on for every K, "k2" only for K = 2 (else it is test), "val" and "test" are OOD.
+_DSPRITES_ROLES = {
+    0: {0: "k1", 1: "k2", 2: "val", 3: "test"},  # square
+    1: {1: "k1", 0: "k2", 3: "val", 2: "test"},  # ellipse
+    2: {2: "k1", 3: "k2", 1: "val", 0: "test"},  # heart
+}
+
+
+def factor_family(name: str) -> str | None:
+    """``"dsprites"`` / ``"mpi3d"`` for the factor datasets (any variant), else None."""
+    key = str(name).lower()
+    for family in OOD_K_RANGE:
+        if key == family or key.startswith(family + "-"):
+            return family
+    return None
+
+
+def resolve_ood_k(name: str, k: int) -> int:
+    """``k`` checked against the dataset family's range; 0 means the family's default."""
+    family = factor_family(name)
+    if family is None:
+        return int(k)
+    lo, hi = OOD_K_RANGE[family]
+    if isinstance(k, bool) or not isinstance(k, int) or not (k == 0 or lo <= k <= hi):
+        raise ConfigError(
+            f"data.ood_k = {k!r} is invalid for {name}: use an integer from {lo} to {hi} (the "
+            f"number of factor combinations trained on), or 0 for the default "
+            f"{OOD_K_DEFAULT[family]}."
+        )
+    return OOD_K_DEFAULT[family] if k == 0 else int(k)
+
+
+def check_split_options(name: str, scheme: str, k: int, heldout_fraction: float) -> None:
+    """Raise ConfigError for an unknown scheme, an out-of-range K or held-out fraction."""
+    if scheme not in SPLIT_SCHEMES:
+        raise ConfigError(
+            f"data.split_scheme = {scheme!r} is unknown. Use 'ood' (train on some factor "
+            "combinations, test on unseen ones) or 'iid' (random splits of the same sizes)."
+        )
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"data.ood_k must be an integer >= 0 (0: dataset default), got {k!r}.")
+    resolve_ood_k(name, k)
+    _check_fraction(heldout_fraction)
+
+
+def unravel_factors(indices: Any, sizes: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Factor classes (N, F) int64 of C-order grid indices: ``i = sum_f c_f prod_{g>f} s_g``."""
+    idx = np.asarray(indices, dtype=np.int64)
+    return np.stack(np.unravel_index(idx, tuple(int(s) for s in sizes)), axis=1).astype(np.int64)
+
+
+def _dsprites_parts(sizes: tuple[int, ...], k: int) -> dict[str, np.ndarray]:
+    """train / val / test grid indices of the dSprites OOD scheme (orientation < n_or / 4)."""
+    n = int(np.prod(sizes))
+    c = unravel_factors(np.arange(n), sizes)
+    shape, orient, px, py = c[:, 1], c[:, 3], c[:, 4], c[:, 5]
+    pool = orient < sizes[3] // 4
+    quadrant = 2 * (px >= sizes[4] // 2) + (py >= sizes[5] // 2)
+    codes = {"k1": 0, "k2": 1, "val": 2, "test": 3}
+    table = np.array([[codes[t[q]] for q in range(4)] for _, t in sorted(_DSPRITES_ROLES.items())])
+    role = table[shape, quadrant]
+    train = pool & ((role == 0) | ((role == 1) & (k >= 2)))
+    val = pool & (role == 2)
+    test = pool & ~train & ~val
+    return {name: np.flatnonzero(m) for name, m in (("train", train), ("val", val), ("test", test))}
+
+
+def _mpi3d_parts(sizes: tuple[int, ...], k: int) -> dict[str, np.ndarray]:
+    """train: color == shape + j (mod 6) for j < K; val: j == 4; test: the rest."""
+    n = int(np.prod(sizes))
+    c = unravel_factors(np.arange(n), sizes)
+    j = (c[:, 0] - c[:, 1]) % sizes[1]
+    train = j < k
+    val = j == 4
+    test = ~train & ~val
+    return {name: np.flatnonzero(m) for name, m in (("train", train), ("val", val), ("test", test))}
+
+
+def factor_split_indices(
+    family: str,
+    sizes: tuple[int, ...] | list[int],
+    scheme: str = "ood",
+    k: int = 0,
+    heldout_fraction: float = 0.1,
+) -> dict[str, torch.Tensor]:
+    """Grid indices of ``train``, ``heldout`` (in-distribution, carved from train with the fixed
+    seed :data:`HELDOUT_SEED`), ``val`` and ``test`` (out-of-distribution for ``scheme="ood"``).
+
+    ``scheme="iid"`` shuffles the union of the OOD parts (seed :data:`SPLIT_SEED`) into train / val
+    / test of the same sizes, the in-distribution baseline. Each value is a sorted int64 tensor.
+    """
+    sizes = tuple(int(s) for s in sizes)
+    check_split_options(family, scheme, int(k), heldout_fraction)
+    k = resolve_ood_k(family, int(k))
+    parts = (_dsprites_parts if family == "dsprites" else _mpi3d_parts)(sizes, k)
+    if scheme == "iid":
+        pool = np.sort(np.concatenate(list(parts.values())))
+        perm = torch.randperm(pool.size, generator=_generator(SPLIT_SEED)).numpy()
+        shuffled = pool[perm]
+        n_train, n_val = parts["train"].size, parts["val"].size
+        parts = {
+            "train": np.sort(shuffled[:n_train]),
+            "val": np.sort(shuffled[n_train : n_train + n_val]),
+            "test": np.sort(shuffled[n_train + n_val :]),
+        }
+    train = torch.from_numpy(parts["train"]).long()
+    keep, hold = holdout_split(train.numel(), heldout_fraction, HELDOUT_SEED)
+    return {
+        "train": train[keep],
+        "heldout": train[hold],
+        "val": torch.from_numpy(parts["val"]).long(),
+        "test": torch.from_numpy(parts["test"]).long(),
+    }
+
+
+def subsample_positions(n: int, max_samples: int, seed: int) -> torch.Tensor | None:
+    """Sorted positions of a seeded random subset of ``max_samples`` of ``range(n)``; None when
+    ``max_samples`` is 0 or not smaller than ``n`` (keep everything)."""
+    if not max_samples or n <= max_samples:
+        return None
+    gen = _generator(seed)
+    return torch.sort(torch.randperm(n, generator=gen)[:max_samples]).values

@@ -21,8 +21,10 @@ __all__ = [
     "accuracy",
     "extract_features",
     "labeled_only",
+    "predict_classes",
     "resolve_device",
     "resolve_num_classes",
+    "shuffled_batches",
     "split_train_val",
     "standardize",
 ]
@@ -224,3 +226,21 @@ def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     if y.numel() == 0:
         return 0.0
     return float((pred.cpu() == y.cpu()).double().mean())
+
+
+def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled partition of ``range(n)`` into index batches; a trailing batch of one sample
+    joins the previous one (batch norm needs at least two samples in training mode)."""
+    chunks = list(torch.randperm(n, generator=gen).split(batch_size))
+    if len(chunks) > 1 and chunks[-1].numel() == 1:
+        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+    return chunks
+
+
+@torch.no_grad()
+def predict_classes(
+    model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192
+) -> torch.Tensor:
+    """Arg-max class of ``model(x)`` in eval mode, computed in batches, on the CPU."""
+    model.eval()
+    return torch.cat([model(xb).argmax(dim=1).cpu() for xb in x.split(batch_size)])

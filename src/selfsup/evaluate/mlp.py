@@ -17,8 +17,10 @@ from selfsup.errors import ConfigError
 from selfsup.evaluate.features import (
     accuracy,
     labeled_only,
+    predict_classes,
     resolve_device,
     resolve_num_classes,
+    shuffled_batches,
     split_train_val,
     standardize,
 )
@@ -33,21 +35,6 @@ def _make_mlp(d: int, hidden: int, k: int, seed: int) -> nn.Module:
         return nn.Sequential(
             nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, k)
         )
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """A shuffled partition of ``range(n)``; a trailing batch of one joins the previous one
-    (batch norm needs at least two samples in training mode)."""
-    chunks = list(torch.randperm(n, generator=gen).split(batch_size))
-    if len(chunks) > 1 and chunks[-1].numel() == 1:
-        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
-    return chunks
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(xb).argmax(dim=1).cpu() for xb in x.split(batch_size)])
 
 
 def _train(
@@ -73,14 +60,14 @@ def _train(
     history: list[float] = []
     for _ in range(epochs):
         model.train()
-        for idx in _batches(x.shape[0], batch_size, gen):
+        for idx in shuffled_batches(x.shape[0], batch_size, gen):
             idx = idx.to(device)
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         if val is not None:
-            history.append(accuracy(_predict(model, val_x), val[1]))
+            history.append(accuracy(predict_classes(model, val_x), val[1]))
     return model, history
 
 
@@ -139,11 +126,11 @@ def mlp_probe(
     model, _ = _train(full_x, train_y, k, epochs=best_epochs, **opts)
     return {
         "probe": "mlp",
-        "accuracy": accuracy(_predict(model, tst_x.to(dev, torch.float32)), test_y),
+        "accuracy": accuracy(predict_classes(model, tst_x.to(dev, torch.float32)), test_y),
         "val_accuracy": history[best],
         "epochs": best_epochs,
         "max_epochs": int(epochs),
-        "train_accuracy": accuracy(_predict(model, full_x.to(dev, torch.float32)), train_y),
+        "train_accuracy": accuracy(predict_classes(model, full_x.to(dev, torch.float32)), train_y),
         "hidden": int(hidden),
         "lr": float(lr),
         "weight_decay": float(weight_decay),

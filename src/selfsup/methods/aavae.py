@@ -268,3 +268,10 @@ class AAVAE(Method):
     def sample(self, n: int) -> Tensor:
         z = torch.randn(n, self.config.model.latent_dim, device=self.device)
         return self.to_unit_range(self.decoder(z).float())
+
+    def latent(self, x: Tensor) -> Tensor:
+        return self.posterior(x)[0]
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        return self.to_unit_range(self.decoder(z).float())

@@ -66,6 +66,15 @@ class Method(L.LightningModule):
         """Representation h of preprocessed float images x (N, C, H, W)."""
         raise NotImplementedError
 
+    def code(self, x: Tensor) -> Tensor | None:
+        """Discrete code of preprocessed images x: for each of the L groups of the bottleneck the
+        one-hot vector of its argmax symbol (V values), as a float (N, L * V) tensor.
+
+        None for methods without a discrete bottleneck (the default); joint-embedding methods
+        with ``encode_method`` softmax, gumbel or vq return their code (used by factor probes).
+        """
+        return None
+
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         """Scalar loss terms for a uint8 batch; must contain ``loss``, may contain ``features``."""
         raise NotImplementedError
@@ -81,6 +90,20 @@ class Method(L.LightningModule):
     def sample(self, n: int) -> Tensor:
         """n images in [0, 1] drawn from the model (generative methods only)."""
         raise NotImplementedError(f"{self.name} has no decoder")
+
+    def latent(self, x: Tensor) -> Tensor:
+        """Mean of q(z|x), the decoder's input space (latent-variable models only)."""
+        raise NotImplementedError(f"{self.name} has no latent variable model")
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images in [0, 1] decoded from latents z (latent-variable models only)."""
+        raise NotImplementedError(f"{self.name} has no decoder")
+
+    @property
+    def has_latents(self) -> bool:
+        """True when ``latent`` and ``decode`` are implemented (latent traversals possible)."""
+        cls = type(self)
+        return cls.latent is not Method.latent and cls.decode is not Method.decode
 
     # ------------------------------------------------------------------------- provided helpers
     def preprocess(self, images: Tensor) -> Tensor:
@@ -99,6 +122,20 @@ class Method(L.LightningModule):
     def augmented(self, images: Tensor) -> Tensor:
         """One augmented view per sample."""
         return self.augment(images, generator=self.step_generator)
+
+    def compile_networks(self) -> list[str]:
+        """``torch.compile`` each trainable sub-network in place (``trainer.compile``).
+
+        In-place compilation keeps parameter names, so checkpoints stay interchangeable with
+        uncompiled runs. Returns the names of the compiled children.
+        """
+        compiled = []
+        for name, module in self.named_children():
+            if module is self.online_probe or not any(p.requires_grad for p in module.parameters()):
+                continue
+            module.compile()
+            compiled.append(name)
+        return compiled
 
     def init_online_probe(self, feature_dim: int) -> None:
         """Attach a linear classifier trained on detached features (monitoring only)."""

@@ -9,6 +9,10 @@ After every optimizer step k the target moves towards the online weights,
 xi <- m_k xi + (1 - m_k) theta, with m_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2 rising from
 ``base_momentum`` to ``final_momentum`` over the K = steps_per_epoch * epochs steps of the run.
 The target is a registered (frozen) submodule, so it is saved and restored with the checkpoint.
+
+With a bottleneck (``encode_method`` softmax / gumbel / vq) the online network is f, embedder E,
+bridge B, projector g, predictor q, and the target holds EMA copies of f, E and g with its own
+bridge B' (``target_tau`` sets a separate teacher temperature; None: the student's ``tau``).
 """
 
 from __future__ import annotations
@@ -30,15 +34,19 @@ from selfsup.nets.heads import mlp_head
 @dataclass
 class BYOLConfig(JointEmbeddingConfig):
     """``pred_hidden``: predictor hidden size; target momentum from ``base_momentum`` to
-    ``final_momentum`` on a cosine schedule."""
+    ``final_momentum`` on a cosine schedule; ``target_tau``: the target (teacher) bridge's
+    temperature (None: ``tau``)."""
 
     proj_dims: list[int] = field(default_factory=lambda: [4096, 256])
     pred_hidden: int = 4096
     base_momentum: float = 0.99
     final_momentum: float = 1.0
+    target_tau: float | None = None
 
     def validate(self) -> None:
         super().validate()
+        if self.target_tau is not None and not self.target_tau > 0:
+            raise ConfigError(f"model.target_tau must be > 0 (or null), got {self.target_tau}.")
         if self.pred_hidden < 1:
             raise ConfigError(f"model.pred_hidden must be >= 1, got {self.pred_hidden}.")
         if not 0.0 <= self.base_momentum <= self.final_momentum <= 1.0:
@@ -61,6 +69,12 @@ class BYOL(JointEmbedding):
         self.predictor = mlp_head(out, [config.model.pred_hidden], out)
         self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.target_embedder = copy.deepcopy(self.embedder).requires_grad_(False)
+        self.target_bridge = copy.deepcopy(self.bridge)
+        if config.model.target_tau is not None and hasattr(self.target_bridge, "tau"):
+            self.target_bridge.tau = float(config.model.target_tau)  # teacher temperature
+        if hasattr(self.target_bridge, "ema_updates"):
+            self.target_bridge.ema_updates = False  # its codebook is copied from the online one
 
     def total_steps(self) -> int:
         """K: the run's optimizer steps (``max_steps`` when it stops earlier)."""
@@ -75,16 +89,20 @@ class BYOL(JointEmbedding):
 
     @torch.no_grad()
     def target_projection(self, x: Tensor) -> Tensor:
-        """z' = g'(f'(x)), without gradient."""
-        return self.target_projector(self.target_backbone(x)).float()
+        """z' = g'(B'(E'(f'(x)))), without gradient."""
+        message, _ = self.target_bridge(self.target_embedder(self.target_backbone(x)))
+        return self.target_projector(message).float()
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         x_a, x_b = self.two_views(images)
         h_a = self.backbone(x_a)
-        p_a = self.predictor(self.projector(h_a)).float()
-        p_b = self.predictor(self.projector(self.backbone(x_b))).float()
+        z_a, aux_a = self.project(h_a)
+        z_b, aux_b = self.project(self.backbone(x_b))
+        p_a = self.predictor(z_a).float()
+        p_b = self.predictor(z_b).float()
         terms = symmetric_byol_loss(p_a, p_b, self.target_projection(x_a),
                                     self.target_projection(x_b))
+        terms = self.add_aux(terms, aux_a, aux_b)
         momentum = torch.tensor(self.momentum(self.global_step), device=h_a.device)
         return {**terms, "momentum": momentum, "features": h_a.detach()}
 
@@ -101,3 +119,5 @@ class BYOL(JointEmbedding):
         momentum = self.momentum(step)
         ema_update(self.target_backbone, self.backbone, momentum)
         ema_update(self.target_projector, self.projector, momentum)
+        ema_update(self.target_embedder, self.embedder, momentum)
+        ema_update(self.target_bridge, self.bridge, momentum)  # buffers only (VQ codebook)

@@ -98,6 +98,13 @@ class GaussianEncoderDecoder(Method):
         z = torch.randn(n, self.config.model.latent_dim, device=self.device)
         return self.mean_image(self.decoder(z))
 
+    def latent(self, x: Tensor) -> Tensor:
+        return self.posterior(x)[0]
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        return self.mean_image(self.decoder(z))
+
     def validation_loss(self, x: Tensor) -> dict[str, Tensor]:
         cfg = self.config.model
         mu, logvar = self.posterior(x)

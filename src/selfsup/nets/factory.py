@@ -10,7 +10,7 @@ from torch import nn
 
 from selfsup.errors import ConfigError
 
-ENCODERS = ("auto", "mlp", "conv", "slim_resnet", "resnet18", "resnet34", "resnet50")
+ENCODERS = ("auto", "mlp", "conv", "conv64", "slim_resnet", "resnet18", "resnet34", "resnet50")
 DECODERS = ("auto", "mlp", "conv", "resnet")
 
 
@@ -40,6 +40,13 @@ def build_encoder(
 
         enc = ConvEncoder(image_shape, out_dim, width=width)
         return enc, enc.out_dim
+    if kind == "conv64":
+        from selfsup.nets.conv64 import Conv64Encoder
+
+        enc64 = Conv64Encoder(image_shape, width=width)
+        if out_dim is None:
+            return enc64, enc64.out_dim
+        return nn.Sequential(enc64, nn.Linear(enc64.out_dim, out_dim)), out_dim
     if kind == "slim_resnet":
         from selfsup.nets.slim_resnet import SlimResNetEncoder
 

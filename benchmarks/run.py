@@ -1,0 +1,52 @@
+"""One entry point for every benchmark: ``python -m benchmarks.run NAME [ARGS...]``.
+
+``python -m benchmarks.run`` alone lists the benchmarks. Each writes a JSON result (machine, torch
+version, device, figures) under ``benchmarks/results/`` and prints a table; ``ARGS`` go to the
+benchmark itself (``python -m benchmarks.run NAME --help`` shows them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "speed": ("benchmarks.speed", "matmul peak; VICReg vs per-image reference pipelines; SimVAE "
+              "FLOPs, fraction of peak, bf16; time to 97% on MNIST"),
+    "augment": ("benchmarks.augment_speed", "BatchAugment vs kornia vs per-image torchvision"),
+    "vae-mnist": ("benchmarks.vae_mnist", "VAE on MNIST: linear and kNN accuracy"),
+    "generative-mnist": ("benchmarks.generative_mnist",
+                         "VAE, augmented VAE, SimVAE, AAVAE on MNIST: linear/MLP/kNN"),
+    "ssl-mnist": ("benchmarks.ssl_mnist", "VICReg, BYOL, SimCLR, Barlow Twins on MNIST"),
+    "hvae-mnist": ("benchmarks.hvae_mnist", "hierarchical VAE: ELBO vs symmetric learning, FID"),
+    "dsprites-bottleneck": ("benchmarks.dsprites_bottleneck",
+                            "BYOL continuous vs softmax bottleneck, OOD factor probes"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "list"):
+        print("usage: python -m benchmarks.run NAME [ARGS...]\n\nbenchmarks:")
+        for name, (_, what) in BENCHMARKS.items():
+            print(f"  {name:<20} {what}")
+        return 0
+    name = argv[0].replace("_", "-")
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {argv[0]!r}; choose one of {', '.join(BENCHMARKS)}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[name][0])
+    sys.argv = [f"benchmarks.run {name}", *argv[1:]]
+    module.main(argv[1:]) if _takes_argv(module.main) else module.main()
+    return 0
+
+
+def _takes_argv(fn: object) -> bool:
+    import inspect
+
+    return bool(inspect.signature(fn).parameters)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

