@@ -603,7 +603,7 @@ def test_check_dataset_valid(tmp_path):
     json.dumps(report)
     assert report["valid"] is True and report["name"] == "mnist"
     assert report["folder"] == str(tmp_path / "MNIST" / "raw")
-    assert report["splits"] == {"train": 10, "test": 5}
+    assert report["splits"] == {"train": 10, "test": 5, "train+test": 15}
     assert len(report["files"]) == 4
     for entry in report["files"]:
         assert entry["present"] and entry["path"].endswith(".gz")

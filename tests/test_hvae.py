@@ -226,9 +226,14 @@ def test_config_validation():
         pipelines.build_config("hvae", "mnist", flags={"model": {"order": "sideways"}})
     with pytest.raises(ConfigError, match="flip_prob"):
         pipelines.build_config("hvae", "mnist", flags={"model": {"flip_prob": 0.9}})
+    # Other image sizes run through the paper's 28x28 networks with a parameter-free resize.
     config = pipelines.build_config("hvae", "digits")
-    with pytest.raises(ConfigError, match="28x28"):
-        method_class("hvae")(config, DataInfo("digits", (1, 8, 8), 10, True))
+    model = method_class("hvae")(config, DataInfo("digits", (1, 8, 8), 10, True))
+    assert model.sample(2).shape == (2, 1, 8, 8)
+    mnist_model = method_class("hvae")(pipelines.build_config("hvae", "mnist"),
+                                       DataInfo("mnist", (1, 28, 28), 10, True))
+    assert not any("resize" in k for k in mnist_model.state_dict())
+    assert isinstance(mnist_model.encoder.trunk.resize, torch.nn.Identity)
 
 
 def test_presets_hold_paper_settings():
@@ -239,6 +244,19 @@ def test_presets_hold_paper_settings():
     fashion = pipelines.build_config("hvae", "fashionmnist")
     assert (fashion.model.nz0, fashion.model.nz1, fashion.model.features) == (50, 200, 1000)
     assert fashion.model.likelihood == "gaussian" and fashion.model.noise_std == 0.01
+    assert mnist.data.train_split == fashion.data.train_split == "train+test"
+
+
+def test_train_plus_test_split_concatenates_both(mnist_dir):
+    from selfsup.data import check_dataset, load_dataset
+
+    both = load_dataset("mnist", mnist_dir, "train+test")
+    train = load_dataset("mnist", mnist_dir, "train")
+    test = load_dataset("mnist", mnist_dir, "test")
+    assert len(both) == len(train) + len(test) == 128
+    assert torch.equal(both.images, torch.cat([train.images, test.images]))
+    assert torch.equal(both.labels, torch.cat([train.labels, test.labels]))
+    assert check_dataset("mnist", mnist_dir)["splits"]["train+test"] == 128
 
 
 # ------------------------------------------------------------------ training and resuming
@@ -262,7 +280,9 @@ def test_symmetric_resume_matches_uninterrupted(tmp_path, mnist_dir):
     flags = _run_flags(mnist_dir, epochs=3)
     full, result = pipelines.train(pipelines.build_config("hvae", "mnist", flags=flags),
                                    tmp_path / "full")
-    assert result.global_step == 2 * 3 * 3  # two optimizer steps per iteration
+    # The preset trains on train+test: (96 + 32) / 32 = 4 iterations per epoch, each of two
+    # optimizer steps (one per player).
+    assert result.global_step == 2 * 4 * 3
     short = pipelines.build_config("hvae", "mnist", flags=_run_flags(mnist_dir, epochs=1))
     pipelines.train(short, tmp_path / "split")
     resumed, _ = pipelines.resume(tmp_path / "split", epochs=3)

@@ -167,8 +167,24 @@ def _downloader(name: str):
     return download
 
 
+def load_idx_train_and_test(name: str, data_dir: Path) -> ImageDataset:
+    """Split ``train+test``: all 70,000 images (the hierarchical-VAE paper trains on them)."""
+    train = load_idx_split(name, data_dir, "train")
+    test = load_idx_split(name, data_dir, "test")
+    return ImageDataset(
+        images=torch.cat([train.images, test.images]),
+        labels=torch.cat([train.labels, test.labels]),
+        num_classes=NUM_CLASSES,
+        name=name,
+        split="train+test",
+        class_names=list(CLASS_NAMES[name]),
+    )
+
+
 def _loader(name: str):
     def load(data_dir: Path, split: str, options: dict) -> ImageDataset:
+        if split == "train+test":
+            return load_idx_train_and_test(name, data_dir)
         return load_idx_split(name, data_dir, split)
 
     return load
@@ -185,11 +201,16 @@ def make_spec(name: str) -> DatasetSpec:
         description=description,
         folder=FOLDERS[name],
         files=FILES,
-        splits=("train", "test"),
+        splits=("train", "test", "train+test"),
         image_shape=(1, IMAGE_SIZE, IMAGE_SIZE),
         num_classes=NUM_CLASSES,
         load=_loader(name),
         download=_downloader(name),
         notes="IDX files, plain or .gz",
-        extra={"split_files": dict(SPLIT_FILES), "gz_ok": True, "split_sizes": SPLIT_SIZES},
+        extra={
+            "split_files": {**SPLIT_FILES, "train+test": FILES},
+            "gz_ok": True,
+            "split_sizes": {**SPLIT_SIZES, "train+test": sum(SPLIT_SIZES.values())},
+            "combined_splits": {"train+test": ("train", "test")},
+        },
     )

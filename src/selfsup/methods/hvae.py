@@ -111,19 +111,19 @@ class HVAEConfig:
 class HVAEDecoder(nn.Module):
     """The generative player p: f01 (prior of z1 given z0), the image decoder, log sigma."""
 
-    def __init__(self, cfg: HVAEConfig, out_channels: int) -> None:
+    def __init__(self, cfg: HVAEConfig, out_channels: int, image_size: tuple[int, int]) -> None:
         super().__init__()
         self.f01 = SkipMLP(cfg.nz0, list(cfg.f01_hidden), cfg.nz1)
-        self.net = DeconvDecoder(cfg.nz1, list(cfg.dec_channels), out_channels)
+        self.net = DeconvDecoder(cfg.nz1, list(cfg.dec_channels), out_channels, image_size)
         self.log_sigma = nn.Parameter(torch.tensor(float(cfg.log_sigma_init)))
 
 
 class HVAEEncoder(nn.Module):
     """The inference player q: conv trunk and heads (a0, a1 ladder; b1 and g10 reverse)."""
 
-    def __init__(self, cfg: HVAEConfig, in_channels: int) -> None:
+    def __init__(self, cfg: HVAEConfig, in_channels: int, image_size: tuple[int, int]) -> None:
         super().__init__()
-        self.trunk = ConvTrunk(in_channels, list(cfg.enc_channels), cfg.features)
+        self.trunk = ConvTrunk(in_channels, list(cfg.enc_channels), cfg.features, image_size)
         if cfg.order == "ladder":
             self.head0 = nn.Linear(cfg.features, cfg.nz0)
             self.head1 = nn.Linear(cfg.features, cfg.nz1)
@@ -144,11 +144,6 @@ class HVAE(Method):
         super().__init__(config, info)
         cfg: HVAEConfig = config.model
         channels, height, width = info.image_shape
-        if (height, width) != (28, 28):
-            raise ConfigError(
-                f"hvae's networks are built for 28x28 images (MNIST, Fashion-MNIST); "
-                f"{info.name} has {height}x{width}. Use --dataset mnist or fashionmnist."
-            )
         if cfg.likelihood == "auto":
             cfg.likelihood = "bernoulli" if cfg.binarize is not None else "gaussian"
         if cfg.objective == "symmetric" and config.trainer.gradient_clip:
@@ -160,8 +155,8 @@ class HVAE(Method):
             per_iteration = 2 if cfg.objective == "symmetric" else 1
             config.trainer.max_steps = cfg.iterations * per_iteration
             config.trainer.epochs = max(config.trainer.epochs, EPOCHS_FOR_ITERATIONS)
-        self.encoder = HVAEEncoder(cfg, channels)
-        self.decoder = HVAEDecoder(cfg, channels)
+        self.encoder = HVAEEncoder(cfg, channels, (height, width))
+        self.decoder = HVAEDecoder(cfg, channels, (height, width))
         self.automatic_optimization = cfg.objective == "elbo"
 
     @classmethod

@@ -5,11 +5,25 @@
 - :class:`SkipMLP`: ``f(z) = MLP(z) + W z`` (tanh MLP, e.g. 600-600, plus a linear skip), used for
   the prior logits f01(z0) of p(z1|z0) and, in the reverse order, for g10(z1) of q(z0|z1).
 - :class:`DeconvDecoder`: ``nz1 x 1 x 1`` -> transposed convolutions -> ``C x 28 x 28``.
+
+Both are the paper's 28x28 networks. For other image sizes (``image_size`` != 28) the trunk
+resizes its input to 28x28 and the decoder resizes its 28x28 output to the image size (bilinear,
+no parameters), so the method runs on every dataset while the MNIST networks stay exactly the
+paper's.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+PAPER_SIZE = 28
+
+
+def _resize(source: tuple[int, int], target: tuple[int, int]) -> nn.Module:
+    """Bilinear resize from ``source`` to ``target`` size, the identity when they are equal."""
+    if tuple(source) == tuple(target):
+        return nn.Identity()
+    return nn.Upsample(size=tuple(target), mode="bilinear", align_corners=False)
 
 
 class ConvTrunk(nn.Module):
@@ -18,9 +32,13 @@ class ConvTrunk(nn.Module):
     ``channels`` are the widths of the first three layers; the last layer maps to ``features``.
     """
 
-    def __init__(self, in_channels: int, channels: list[int], features: int) -> None:
+    def __init__(
+        self, in_channels: int, channels: list[int], features: int,
+        image_size: tuple[int, int] = (PAPER_SIZE, PAPER_SIZE),
+    ) -> None:
         super().__init__()
         c1, c2, c3 = channels
+        self.resize = _resize(image_size, (PAPER_SIZE, PAPER_SIZE))
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, c1, 4, stride=2, padding=1),  # 28 -> 14
             nn.Tanh(),
@@ -33,7 +51,7 @@ class ConvTrunk(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).flatten(1)
+        return self.net(self.resize(x)).flatten(1)
 
 
 class SkipMLP(nn.Module):
@@ -60,9 +78,13 @@ class DeconvDecoder(nn.Module):
     Outputs per-pixel logits (Bernoulli) or means (Gaussian) of shape ``(N, out_channels, 28, 28)``.
     """
 
-    def __init__(self, nz1: int, channels: list[int], out_channels: int) -> None:
+    def __init__(
+        self, nz1: int, channels: list[int], out_channels: int,
+        image_size: tuple[int, int] = (PAPER_SIZE, PAPER_SIZE),
+    ) -> None:
         super().__init__()
         c1, c2, c3 = channels
+        self.resize = _resize((PAPER_SIZE, PAPER_SIZE), image_size)
         self.net = nn.Sequential(
             nn.ConvTranspose2d(nz1, c1, 3),  # 1 -> 3
             nn.Tanh(),
@@ -74,4 +96,4 @@ class DeconvDecoder(nn.Module):
         )
 
     def forward(self, z1: Tensor) -> Tensor:
-        return self.net(z1[:, :, None, None])
+        return self.resize(self.net(z1[:, :, None, None]))
