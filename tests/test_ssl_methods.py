@@ -144,6 +144,12 @@ def test_presets_load(name):
     model = vicreg.model
     assert (model.inv_weight, model.var_weight, model.cov_weight) == (25, 25, 1)
     assert vicreg.trainer.epochs == 500 and vicreg.augment.normalize
+    from importlib.resources import files
+
+    solo_file = files("selfsup") / "configs" / "vicreg" / "cifar10-solo.yaml"
+    solo = pipelines.build_config("vicreg", "cifar10", config_file=str(solo_file))
+    assert solo.optim.name == "lars" and solo.optim.schedule == "warmup_cosine"
+    assert solo.optim.exclude_bias_and_norm and solo.model.proj_dims == [2048, 2048, 2048]
 
 
 def test_default_augmentations_fit_the_data():

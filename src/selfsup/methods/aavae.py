@@ -66,7 +66,7 @@ class AAVAEConfig:
     log_scale: float = 0.0
     learn_log_scale: bool = False
     latent_dim: int = 128
-    encoder: str = "resnet18"
+    encoder: str = "auto"
     decoder: str = "auto"
     hidden: list[int] = field(default_factory=lambda: [2000, 500, 500])
     width: int = 32
