@@ -147,3 +147,42 @@ def test_queue_and_key_encoder_resume_exactly(tmp_path, monkeypatch):
     assert got.keys() == reference.keys()
     for k in reference:
         assert torch.equal(got[k], reference[k]), f"{k} differs"
+
+
+# ------------------------------------------------------------------ two processes (gloo, CPU)
+def _queue_worker(r: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r, world_size=2)
+    try:
+        # global batch 64 = 32 per process; queue of 3 global batches
+        method = method_class("mocosimclr")(_config(192), DataInfo("digits", (1, 8, 8), 10, True))
+        for step in range(4):
+            method.enqueue(torch.full((32, 32), float(10 * step + r)))
+        torch.save({"queue": method.queue, "ptr": int(method.queue_ptr)},
+                   os.path.join(out_dir, f"rank{r}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_queue_under_ddp_holds_every_process_keys_in_rank_order(tmp_path):
+    """Each step enqueues the gathered global batch (rank 0's keys, then rank 1's), FIFO."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_queue_worker, args=(port, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # 4 global batches of 64 into 192 slots: batch 3 overwrote batch 0 in slots 0..63
+    expected = torch.empty(192, 32)
+    for step, start in ((3, 0), (1, 64), (2, 128)):
+        expected[start:start + 32] = 10 * step
+        expected[start + 32:start + 64] = 10 * step + 1
+    for res in results:
+        assert torch.equal(res["queue"], expected)
+        assert res["ptr"] == 64
