@@ -296,3 +296,30 @@ def test_compare_digits_all_end_to_end_and_in_a_browser(tmp_path):
     assert pixels.var() > 100.0  # a rendered table and figures, not a blank page
     top = pixels[:300]  # the comparison table's dark header row is rendered near the top
     assert (top.mean(axis=2) < 80).mean() > 0.01
+
+
+def test_compare_goes_on_after_a_diverging_method(tmp_path, monkeypatch, capsys):
+    """A method whose loss turns NaN is named and left out; the others are still reported."""
+    from selfsup import pipelines
+    from selfsup.errors import NonFiniteLossError
+
+    real_train = pipelines.train
+
+    def train_or_diverge(config, run_dir, *args, **kwargs):
+        if config.method == "simclr":
+            raise NonFiniteLossError("Training stopped at step 3: loss became NaN.")
+        return real_train(config, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(pipelines, "train", train_or_diverge)
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", "--preset", "digits-all", "--methods", "simclr,vicreg",
+                     "--out", str(out), "--format", "md"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "simclr" in printed and "FAILED: Training stopped at step 3" in printed
+    md = (out / "report.md").read_text()
+    assert "| vicreg |" in md and "| simclr |" not in md
+    # nothing left to report: a clear one-paragraph error, exit code 2
+    assert cli.main(["compare", "--preset", "digits-all", "--methods", "simclr", "--out",
+                     str(tmp_path / "none")]) == 2
+    assert "Every method of the comparison failed (simclr" in capsys.readouterr().err

@@ -211,18 +211,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         existing="overwrite" if args.overwrite else "reuse" if args.reuse else "error",
         formats=("html", "md") if args.format == "both" else (args.format,),
     )
+    status = 1 if summary["failed"] else 0  # the report is written; the failures are named
     if args.json:
         print(json.dumps(summary, default=str))
-        return 0
+        return status
     print(f"Compared {len(summary['methods'])} methods on {summary['dataset']}:")
     for name, row in summary["methods"].items():
         scores = "  ".join(
             f"{k} {v:.4f}" for k, v in row.items() if k != "run_dir" and v is not None
         )
         print(f"  {name:<12} {scores}")
+    for name, message in summary["failed"].items():
+        print(f"  {name:<12} FAILED: {message}")
     for path in summary["reports"].values():
         print(f"Report: {path}")
-    return 0
+    return status
 
 
 def _eval_factors(args: argparse.Namespace, method: Any) -> int:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from selfsup.config import PRESET_DIR, load_yaml
-from selfsup.errors import ConfigError, RunError
+from selfsup.errors import ConfigError, NonFiniteLossError, RunError
 
 COMPARE_DIR = PRESET_DIR / "compare"
 KEYS = {
@@ -165,6 +165,7 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     runs: list[Path] = []
     results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
     for i, name in enumerate(names, 1):
         run_dir = out / name
         config = configs[name]
@@ -182,7 +183,13 @@ def compare(
             method = pipelines.load_run(run_dir)
         else:
             log(f"[{i}/{len(names)}] {name}: training on {dataset} ({epochs} epoch(s))")
-            method, _ = pipelines.train(config, run_dir)
+            try:
+                method, _ = pipelines.train(config, run_dir)
+            except NonFiniteLossError as exc:
+                # One diverging method must not cost the others: record it and go on.
+                log(f"[{i}/{len(names)}] {name}: FAILED, left out of the report. {exc}")
+                failed[name] = str(exc)
+                continue
         method.eval()
         features = _features(method, int(spec.get("eval_train_max", 0)), data_dir)
         scores: dict[str, Any] = {}
@@ -201,12 +208,18 @@ def compare(
         )
         runs.append(run_dir)
         results[name] = {"run_dir": str(run_dir), **scores}
+    if not runs:
+        raise RunError(
+            "Every method of the comparison failed (" + "; ".join(
+                f"{k}: {v}" for k, v in failed.items()) + "). Lower the learning rates or use "
+            "32-bit precision, then rerun with --overwrite."
+        )
     reports = {}
     for fmt in formats:
         path = out / f"report.{fmt}"
         reports[fmt] = str(write_report(runs, path, fmt, title=str(spec["title"])))
     return {"out": str(out), "dataset": dataset, "epochs": epochs, "max_steps": max_steps,
-            "reports": reports, "methods": results}
+            "reports": reports, "methods": results, "failed": failed}
 
 
 def _features(method: Any, train_max: int, data_dir: str | None) -> Any:
