@@ -120,11 +120,11 @@ class MoCoSimCLR(JointEmbedding):
             parts = [torch.empty_like(keys) for _ in range(world_size())]
             torch.distributed.all_gather(parts, keys.contiguous())
             keys = torch.cat(parts)
+        # The pointer stays a device tensor: no host-device synchronization per step.
         size = self.queue.shape[0]
-        ptr = int(self.queue_ptr)
-        idx = (torch.arange(keys.shape[0], device=keys.device) + ptr) % size
+        idx = (torch.arange(keys.shape[0], device=keys.device) + self.queue_ptr) % size
         self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
                        optimizer_closure: Any = None) -> None:
