@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from helpers import assert_same_weights, weights
 from selfsup import engine, pipelines
 from selfsup.data.base import DataInfo
 from selfsup.errors import ConfigError
@@ -105,10 +106,6 @@ def test_queue_must_be_a_multiple_of_the_batch_and_is_fifo():
     assert not hasattr(no_queue, "queue") and not hasattr(no_queue, "key_backbone")
 
 
-def _weights(method) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in method.state_dict().items()}
-
-
 class _InterruptAt(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -123,7 +120,7 @@ def test_queue_and_key_encoder_resume_exactly(tmp_path, monkeypatch):
     full, result = pipelines.train(_config(128, encode_method="softmax", message_size=4,
                                            vocab_size=4), tmp_path / "full")
     assert result.global_step == 2 * STEPS_PER_EPOCH
-    reference = _weights(full)
+    reference = weights(full)
     assert int(reference["queue_ptr"]) == (2 * STEPS_PER_EPOCH * 64) % 128
     key = [k for k in reference if k.startswith("key_backbone.")][0]
     assert not torch.equal(reference[key], reference[key.removeprefix("key_")])  # EMA, not copy
@@ -143,10 +140,7 @@ def test_queue_and_key_encoder_resume_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(pipelines, "fit", original_fit)
     resumed, result = pipelines.resume(tmp_path / "split")
     assert result.global_step == 2 * STEPS_PER_EPOCH
-    got = _weights(resumed)
-    assert got.keys() == reference.keys()
-    for k in reference:
-        assert torch.equal(got[k], reference[k]), f"{k} differs"
+    assert_same_weights(weights(resumed), reference)
 
 
 # ------------------------------------------------------------------ two processes (gloo, CPU)

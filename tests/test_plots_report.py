@@ -111,7 +111,7 @@ def test_tsne_separates_separated_clusters(tmp_path):
     centers = rng.normal(scale=20.0, size=(4, 30))
     labels = np.repeat(np.arange(4), 60)
     feats = centers[labels] + rng.normal(size=(labels.size, 30))
-    for kind in ("tsne", "pca"):
+    for kind in ("tsne", "umap", "pca"):
         xy = plots.embed_2d(feats, kind)
         assert xy.shape == (labels.size, 2)
         # 1-nearest-neighbour label agreement in the 2-D map (leave-one-out)
@@ -121,6 +121,21 @@ def test_tsne_separates_separated_clusters(tmp_path):
     assert_png(plots.plot_embedding(feats, labels, tmp_path / "e.png", kind="pca"))
     with pytest.raises(ValueError):
         plots.embed_2d(feats, "umap-not-available")
+
+
+def test_umap_without_umap_learn_is_a_clear_error(monkeypatch):
+    import importlib.util
+    import sys
+
+    from selfsup.config import TrainerConfig
+    from selfsup.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
+    with pytest.raises(ImportError, match="pip install umap-learn"):
+        plots.embed_2d(np.random.default_rng(0).normal(size=(20, 5)), "umap")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="umap-learn"):
+        TrainerConfig(embedding_plot="umap").validate()
 
 
 # --------------------------------------------------------------------------- latent traversal

@@ -12,6 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from helpers import assert_same_weights, weights
 from selfsup import engine, pipelines
 from selfsup.data.base import DataInfo
 from selfsup.errors import ConfigError
@@ -35,16 +36,6 @@ def tiny_flags(method: str, epochs: int = 2, **model: object) -> dict:
     }
 
 
-def _weights(method) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in method.state_dict().items()}
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs"
-
-
 def _epoch_losses(run_dir: Path) -> list[float]:
     with open(run_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -60,7 +51,7 @@ def trained(tmp_path_factory) -> dict:
         method, result = pipelines.train(pipelines.build_config(name, "digits",
                                                                 flags=tiny_flags(name)), run)
         assert result.global_step == 2 * STEPS_PER_EPOCH
-        out[name] = (method, _weights(method), run)
+        out[name] = (method, weights(method), run)
     return out
 
 
@@ -117,7 +108,7 @@ def test_byol_mid_epoch_interrupt_resumes_exactly(trained, tmp_path, monkeypatch
     monkeypatch.setattr(pipelines, "fit", original_fit)
     resumed, result = pipelines.resume(tmp_path / "split")
     assert result.global_step == 2 * STEPS_PER_EPOCH
-    _assert_same(full, _weights(resumed))
+    assert_same_weights(full, weights(resumed))
 
 
 def test_byol_resume_with_extended_epochs_is_exact(tmp_path):
@@ -129,7 +120,7 @@ def test_byol_resume_with_extended_epochs_is_exact(tmp_path):
     pipelines.train(short, tmp_path / "split")
     resumed, result = pipelines.resume(tmp_path / "split", epochs=2)
     assert result.global_step == 2 * STEPS_PER_EPOCH
-    _assert_same(_weights(full), _weights(resumed))
+    assert_same_weights(weights(full), weights(resumed))
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -10,18 +10,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from conftest import tiny_vae_flags
+from helpers import assert_same_weights, weights
 from selfsup import engine, pipelines
 from selfsup.errors import NonFiniteLossError, RunError
-
-
-def _weights(method) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in method.state_dict().items()}
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs"
 
 
 def test_run_folder_contents(tmp_path):
@@ -35,7 +26,7 @@ def test_run_folder_contents(tmp_path):
     assert any((run / "tensorboard").iterdir())
     assert result.global_step == 2 * (1438 // 64)
     loaded = pipelines.load_run(run)
-    _assert_same(_weights(method), _weights(loaded))
+    assert_same_weights(weights(method), weights(loaded))
     with pytest.raises(RunError, match="already holds a run"):
         pipelines.train(config, run)
 
@@ -48,7 +39,7 @@ def test_resume_from_epoch_end_matches_uninterrupted(tmp_path):
     pipelines.train(short, tmp_path / "split")
     resumed, result = pipelines.resume(tmp_path / "split", epochs=3)
     assert result.global_step == 3 * (1438 // 64)
-    _assert_same(_weights(full), _weights(resumed))
+    assert_same_weights(weights(full), weights(resumed))
 
 
 class _InterruptAt(Callback):
@@ -78,7 +69,7 @@ def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch):
     monkeypatch.setattr(pipelines, "fit", original_fit)
     resumed, result = pipelines.resume(tmp_path / "split")
     assert result.global_step == 2 * (1438 // 64)
-    _assert_same(_weights(full), _weights(resumed))
+    assert_same_weights(weights(full), weights(resumed))
 
 
 def test_in_memory_batches_order_and_sharding():
@@ -188,7 +179,7 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
     assert scaler["scale"] != 65536.0 or scaler["_growth_tracker"] > 0
     resumed, result = pipelines.resume(tmp_path / "split", epochs=2)
     assert result.global_step == 2 * (1438 // 64)
-    _assert_same(_weights(full), _weights(resumed))
+    assert_same_weights(weights(full), weights(resumed))
     restored = resumed.trainer.precision_plugin.scaler.state_dict()
     final = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
     assert restored["scale"] == final["MixedPrecision"]["scale"]

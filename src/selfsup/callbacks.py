@@ -7,10 +7,10 @@ Every ``trainer.plot_every`` epochs and at the end of training, process 0 writes
 - for generative methods ``reconstructions.png`` and ``samples.png``, and for models with a latent
   space (``Method.latent`` / ``Method.decode``) ``latent_traversals.png``;
 
-and at the end ``embedding.png``: a t-SNE (or PCA) of at most ``max_points`` representations of
-the evaluation split, colored by label. Each figure is also added to the run's TensorBoard log
-under ``images/<name>`` at the current global step. Figures never touch the training randomness:
-the random number generators are forked around them.
+and at the end ``embedding.png``: a t-SNE (or UMAP, or PCA) of at most ``max_points``
+representations of the evaluation split, colored by label. Each figure is also added to the run's
+TensorBoard log under ``images/<name>`` at the current global step. Figures never touch the
+training randomness: the random number generators are forked around them.
 """
 
 from __future__ import annotations

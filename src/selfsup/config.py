@@ -16,6 +16,7 @@ Unknown keys, wrong types and out-of-range values raise :class:`~selfsup.errors.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class TrainerConfig:
     ``epochs`` bounds training; ``max_steps`` > 0 stops earlier. Checkpoints are written every
     ``checkpoint_every`` epochs (kept) plus ``last.ckpt`` at each of them, at the end, and on
     interrupt. ``log_every`` is in optimizer steps. ``plots`` writes figures into ``images/``
-    every ``plot_every`` epochs and at the end (``embedding_plot``: tsne, pca or none).
+    every ``plot_every`` epochs and at the end (``embedding_plot``: tsne, umap, pca or none).
     """
 
     epochs: int = 10
@@ -125,10 +126,16 @@ class TrainerConfig:
                 f"trainer.strategy {self.strategy!r} is unknown; use auto or ddp (one process "
                 "per device, the recommended multi-GPU strategy)."
             )
-        if self.embedding_plot not in ("tsne", "pca", "none"):
+        if self.embedding_plot not in ("tsne", "umap", "pca", "none"):
             raise ConfigError(
-                f"trainer.embedding_plot {self.embedding_plot!r} is unknown; use tsne, pca (fast) "
-                "or none."
+                f"trainer.embedding_plot {self.embedding_plot!r} is unknown; use tsne, umap, pca "
+                "(fast) or none."
+            )
+        if self.embedding_plot == "umap" and importlib.util.find_spec("umap") is None:
+            raise ConfigError(
+                "trainer.embedding_plot umap needs the umap-learn package, which is not "
+                "installed. Install it with `pip install umap-learn` (or `pip install "
+                "selfsup[umap]`), or use tsne or pca."
             )
         for name in ("checkpoint_every", "log_every", "plot_every"):
             if getattr(self, name) < 1:
@@ -203,8 +210,15 @@ def check_choices(method: str, choices: dict[str, tuple[Any, Any]]) -> None:
 
 
 def preset_path(method: str, dataset: str) -> Path:
-    """Where the preset for ``method`` on ``dataset`` lives (it may not exist)."""
-    return PRESET_DIR / method / f"{dataset}.yaml"
+    """Where the preset for ``method`` on ``dataset`` lives (it may not exist).
+
+    ``configs/METHOD/DATASET.yaml``, else the dataset family's ``configs/METHOD/FAMILY.yaml``,
+    the family being the name before its first ``-`` (``mpi3d-toy`` -> ``mpi3d``,
+    ``dsprites-procedural`` -> ``dsprites``): variants of one dataset share one recipe.
+    """
+    exact = PRESET_DIR / method / f"{dataset}.yaml"
+    family = PRESET_DIR / method / f"{dataset.split('-')[0]}.yaml"
+    return exact if exact.is_file() or not family.is_file() else family
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

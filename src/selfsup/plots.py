@@ -65,7 +65,7 @@ PROBE_CURVE = "online_probe.png"
 EMBEDDING = "embedding.png"
 TRAVERSALS = "latent_traversals.png"
 FACTOR_SCORES = "factor_scores.png"
-EMBEDDINGS = ("tsne", "pca", "none")
+EMBEDDINGS = ("tsne", "umap", "pca", "none")
 
 
 def _figure(width: float, height: float) -> Any:
@@ -207,8 +207,9 @@ def plot_probe_curve(metrics_csv: str | Path, path: str | Path) -> Path | None:
 
 
 def embed_2d(features: np.ndarray, kind: str = "tsne", seed: int = 0) -> np.ndarray:
-    """2-D coordinates of ``features`` (N, D): t-SNE (perplexity min(30, (N-1)/3), after PCA to
-    50 dimensions when D > 50) or PCA (the two leading principal components)."""
+    """2-D coordinates of ``features`` (N, D), standardised per dimension: t-SNE (perplexity
+    min(30, (N-1)/3), after PCA to 50 dimensions when D > 50), UMAP (umap-learn, n_neighbors
+    min(15, N-1), min_dist 0.1, after the same PCA) or PCA (the two leading components)."""
     from sklearn.decomposition import PCA
 
     x = np.asarray(features, dtype=np.float64)
@@ -222,15 +223,32 @@ def embed_2d(features: np.ndarray, kind: str = "tsne", seed: int = 0) -> np.ndar
         if d < 2:
             return np.concatenate([x[:, :1], np.zeros((n, 1))], axis=1)
         return PCA(n_components=2, random_state=seed).fit_transform(x)
-    if kind != "tsne":
-        raise ValueError(f"unknown embedding {kind!r}; use tsne or pca")
-    from sklearn.manifold import TSNE
-
+    if kind not in ("tsne", "umap"):
+        raise ValueError(f"unknown embedding {kind!r}; use tsne, umap or pca")
     if d > 50:
         x = PCA(n_components=min(50, n), random_state=seed).fit_transform(x)
+    if kind == "umap":
+        return umap_2d(x, seed)
+    from sklearn.manifold import TSNE
+
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     return tsne.fit_transform(x)
+
+
+def umap_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """UMAP (McInnes et al., 2018) to 2-D with umap-learn; a clear error when it is missing."""
+    try:
+        import umap
+    except ImportError:
+        raise ImportError(
+            "The UMAP embedding plot needs the umap-learn package, which is not installed. "
+            "Install it with `pip install umap-learn` (or `pip install selfsup[umap]`), or choose "
+            "--embedding-plot tsne or pca."
+        ) from None
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), min_dist=0.1,
+                        random_state=seed)
+    return np.asarray(reducer.fit_transform(x))
 
 
 def plot_embedding(
@@ -242,7 +260,7 @@ def plot_embedding(
     class_names: list[str] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Scatter plot of a 2-D embedding (t-SNE or PCA) of ``features`` colored by ``labels``
+    """Scatter plot of a 2-D embedding (t-SNE, UMAP or PCA) of ``features`` colored by ``labels``
     (label -1 = unlabeled, drawn grey)."""
     feats = features.detach().float().cpu().numpy() if isinstance(features, torch.Tensor) else (
         np.asarray(features, dtype=np.float64))

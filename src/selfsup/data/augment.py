@@ -30,6 +30,18 @@ from torch import Tensor
 
 from selfsup.errors import ConfigError, DataError
 
+
+def to_device(t: Tensor, like: Tensor) -> Tensor:
+    """A small CPU tensor (augmentation parameters) on ``like``'s device in ``like``'s dtype
+    (bool and integer tensors keep theirs), with no host-device synchronization: on a GPU the copy
+    goes through pinned memory and does not block (a copy from ordinary pageable memory makes
+    the host wait for every kernel already queued)."""
+    if t.is_floating_point():
+        t = t.to(like.dtype)
+    if like.device.type != "cuda" or t.device == like.device:
+        return t.to(like.device)
+    return t.pin_memory().to(like.device, non_blocking=True)
+
 __all__ = [
     "AugmentConfig",
     "BatchAugment",
@@ -293,7 +305,7 @@ def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
         is_r, g - b, torch.where(is_g, (b - r).add_(cr, alpha=2), (r - g).add_(cr, alpha=4))
     )
     h6 = num.div_(torch.where(cr == 0, torch.ones_like(cr), cr)).add_(6.0 * shift.view(-1, 1, 1))
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    n = to_device(torch.tensor([5.0, 3.0, 1.0]), x).view(1, 3, 1, 1)
     k = torch.remainder(h6[:, None] + n, 6.0)
     t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return t.mul_(cr[:, None]).neg_().add_(maxc[:, None]).clamp_(0.0, 1.0)
@@ -510,12 +522,12 @@ class BatchAugment(torch.nn.Module):
             x = self._jitter(x, params)
         c = x.shape[1]
         if self.cfg.grayscale > 0 and c == 3:
-            sel = params["grayscale"].to(x.device).view(-1, 1, 1, 1)
+            sel = to_device(params["grayscale"], x).view(-1, 1, 1, 1)
             x = torch.where(sel, _gray(x).expand_as(x), x)
         if self.cfg.blur_prob > 0:
             x = self._blur(x, params)
         if self.cfg.solarize_prob > 0:
-            sel = params["solarize"].to(x.device).view(-1, 1, 1, 1)
+            sel = to_device(params["solarize"], x).view(-1, 1, 1, 1)
             x = torch.where(sel & (x >= 0.5), 1.0 - x, x)
         if self.cfg.binarize is not None:
             x = (x > float(self.cfg.binarize)).to(x.dtype)
@@ -560,7 +572,7 @@ class BatchAugment(torch.nn.Module):
         crop_flip = torch.stack([bw / width * fx, bh / height * fy], dim=1)  # diag(C) diag(F)
         lin = crop_flip[:, :, None] * a_aff
         trans = torch.stack([(2 * left + bw) / width - 1, (2 * top + bh) / height - 1], dim=1)
-        theta = torch.cat([lin, trans[:, :, None]], dim=2).to(device=x.device, dtype=x.dtype)
+        theta = to_device(torch.cat([lin, trans[:, :, None]], dim=2), x)
         n, c = x.shape[:2]
         grid = F.affine_grid(theta, [n, c, ho, wo], align_corners=False)
         # Keep sampling points on pixel centres inside the crop box (edge clamping of resize).
@@ -568,22 +580,20 @@ class BatchAugment(torch.nn.Module):
         hi = torch.stack(
             [(2 * (left + bw) - 1) / width - 1, (2 * (top + bh) - 1) / height - 1], dim=1
         )
-        lo = lo.to(device=x.device, dtype=x.dtype).view(n, 1, 1, 2)
-        hi = hi.to(device=x.device, dtype=x.dtype).view(n, 1, 1, 2)
+        lo = to_device(lo, x).view(n, 1, 1, 2)
+        hi = to_device(hi, x).view(n, 1, 1, 2)
         grid = torch.maximum(torch.minimum(grid, hi), lo)
         mode = self.cfg.interpolation
         if mode == "nearest":
             # Nearest pixel centre as floor(coordinate + 1/2) (torchvision "nearest-exact").
-            size = torch.tensor([width, height], dtype=x.dtype, device=x.device)
+            size = to_device(torch.tensor([float(width), float(height)]), x)
             pix = torch.floor((grid + 1) * size / 2 + 1e-4)
             grid = (2 * pix + 1) / size - 1
         out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
         if not no_affine:
             theta_aff = torch.cat([a_aff, torch.zeros(n, 2, 1, dtype=torch.float64)], dim=2)
-            g1 = F.affine_grid(
-                theta_aff.to(device=x.device, dtype=x.dtype), [n, 1, ho, wo], align_corners=False
-            )
-            size = torch.tensor([wo, ho], dtype=x.dtype, device=x.device)
+            g1 = F.affine_grid(to_device(theta_aff, x), [n, 1, ho, wo], align_corners=False)
+            size = to_device(torch.tensor([float(wo), float(ho)]), x)
             pix = (g1 + 1) * size / 2 - 0.5  # pixel coordinates in the intermediate image
             if mode == "nearest":
                 inside = (pix >= -0.5) & (pix < size - 0.5)
@@ -608,7 +618,6 @@ class BatchAugment(torch.nn.Module):
             return x
         factors = params["jitter_factors"]
         order = params["jitter_order"]
-        dev = x.device
         c = x.shape[1]
         for k in range(4):
             op = torch.where(sel, order[:, k], torch.full_like(order[:, k], -1))
@@ -622,25 +631,25 @@ class BatchAugment(torch.nn.Module):
                 blend = (op >= 0) & (op <= 2)
                 safe = op.clamp(0, 2)
                 f = torch.where(blend, factors.gather(1, safe[:, None])[:, 0], 1.0)
-                f = f.to(device=dev, dtype=x.dtype).view(-1, 1, 1, 1)
+                f = to_device(f, x).view(-1, 1, 1, 1)
                 m = None
                 if use_c or use_s:
                     gray = _gray(x) if c == 3 else x
-                    is_c = (op == 1).to(device=dev, dtype=x.dtype).view(-1, 1, 1, 1)
+                    is_c = to_device((op == 1).float(), x).view(-1, 1, 1, 1)
                     if use_c:
                         m = is_c * gray.mean(dim=(1, 2, 3), keepdim=True)
                     if use_s:
-                        is_s = (op == 2).to(device=dev, dtype=x.dtype).view(-1, 1, 1, 1)
+                        is_s = to_device((op == 2).float(), x).view(-1, 1, 1, 1)
                         m = is_s * gray if m is None else m + is_s * gray
                 x = x * f if m is None else x * f + (1.0 - f) * m
                 x = x.clamp_(0.0, 1.0)
             hue_idx = torch.nonzero(op == 3)[:, 0]
             if hue_idx.numel():
-                shift = factors[hue_idx, 3].to(device=dev, dtype=x.dtype)
+                shift = to_device(factors[hue_idx, 3], x)
                 if hue_idx.numel() == x.shape[0]:
                     x = _adjust_hue(x, shift)
                 else:
-                    idx = hue_idx.to(dev)
+                    idx = to_device(hue_idx, x)
                     x = x.index_copy(0, idx, _adjust_hue(x.index_select(0, idx), shift))
         return x
 
@@ -654,14 +663,14 @@ class BatchAugment(torch.nn.Module):
         k = self.blur_kernel
         n, c, h, w = x.shape
         dev = x.device
-        sigma = params["sigma"][idx_cpu].to(device=dev, dtype=x.dtype)
+        sigma = to_device(params["sigma"][idx_cpu], x)
         t = torch.linspace(-(k - 1) * 0.5, (k - 1) * 0.5, k, device=dev, dtype=x.dtype)
         kern = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
         kern = kern / kern.sum(dim=1, keepdim=True)  # (m, k)
         m = idx_cpu.numel()
         kern = kern.repeat_interleave(c, dim=0)  # (m*c, k)
         whole = m == n
-        idx = idx_cpu.to(dev)
+        idx = to_device(idx_cpu, x)
         xs = x if whole else x.index_select(0, idx)
         xs = F.pad(xs.reshape(1, m * c, h, w), [k // 2] * 4, mode="reflect")
         xs = F.conv2d(xs, kern.view(m * c, 1, 1, k), groups=m * c)

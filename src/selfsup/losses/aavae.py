@@ -18,14 +18,20 @@ import torch
 from torch import Tensor
 
 from selfsup.errors import ConfigError
-from selfsup.losses.vae import LOG_2PI, check_same_shape, gaussian_kl, per_sample_sum
+from selfsup.losses.vae import (
+    LOG_2PI,
+    check_same_shape,
+    gaussian_kl,
+    per_sample_sum,
+    scalar_like,
+)
 
 STD_EPS: float = 1e-6
 
 
 def _std_from_logvar(logvar: Tensor | float, like: Tensor) -> Tensor:
     """sigma = exp(logvar / 2) + 1e-6 (the released code's parameterisation)."""
-    lv = torch.as_tensor(logvar, dtype=like.dtype, device=like.device)
+    lv = scalar_like(logvar, like)
     return torch.exp(0.5 * lv) + STD_EPS
 
 

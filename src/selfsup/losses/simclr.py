@@ -54,8 +54,7 @@ def nt_xent_loss(
     pos_idx = torch.cat([local + big_n, local])
     row_idx = torch.arange(2 * n, device=z_a.device)
     positive = logits[row_idx, pos_idx]
-    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-    masked = logits.index_put((row_idx, self_idx), neg_inf)
+    masked = logits.index_put((row_idx, self_idx), logits.new_full((), float("-inf")))
     alignment = -positive.mean()
     uniformity = torch.logsumexp(masked, dim=1).mean()
     return {"loss": alignment + uniformity, "alignment": alignment, "uniformity": uniformity}

@@ -95,6 +95,14 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     return per_sample_sum(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
 
 
+def scalar_like(value: float | Tensor, like: Tensor) -> Tensor:
+    """``value`` as a tensor in ``like``'s dtype on its device. A Python number becomes a filled
+    0-d tensor (a device kernel, not a host-to-device copy, so no host-device synchronization)."""
+    if isinstance(value, Tensor):
+        return value.to(dtype=like.dtype, device=like.device)
+    return like.new_full((), float(value))
+
+
 def gaussian_nll(mean: Tensor, x: Tensor, log_var: float | Tensor = 0.0) -> Tensor:
     """-log N(x | mean, e^log_var) summed per sample, shape (N,).
 
@@ -102,7 +110,7 @@ def gaussian_nll(mean: Tensor, x: Tensor, log_var: float | Tensor = 0.0) -> Tens
     float, a per-pixel tensor or a learned parameter; it must broadcast to ``x.shape``.
     """
     check_same_shape(mean, x, "mean", "x")
-    lv = torch.as_tensor(log_var, dtype=x.dtype, device=x.device)
+    lv = scalar_like(log_var, x)
     per_elem = 0.5 * LOG_2PI + 0.5 * lv + (x - mean).pow(2) * (0.5 * torch.exp(-lv))
     if per_elem.shape != x.shape:
         raise ValueError(

@@ -103,7 +103,7 @@ class BYOL(JointEmbedding):
         terms = symmetric_byol_loss(p_a, p_b, self.target_projection(x_a),
                                     self.target_projection(x_b))
         terms = self.add_aux(terms, aux_a, aux_b)
-        momentum = torch.tensor(self.momentum(self.global_step), device=h_a.device)
+        momentum = h_a.new_full((), self.momentum(self.global_step), dtype=torch.float32)
         return {**terms, "momentum": momentum, "features": h_a.detach()}
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
