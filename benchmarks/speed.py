@@ -26,8 +26,10 @@ benchmarks.speed``). Parts (``--parts``, all by default):
 ``methods``
     Every method's training throughput on MNIST at the same batch (``--methods-batch``, 256
     source images per step; the views a method draws from them are its own), each from its MNIST
-    preset, and the peak resident memory of the process while it trains (sampled from
-    ``/proc/self/statm``; on a GPU, ``torch.cuda.max_memory_allocated``).
+    preset, its model FLOPs per sample (``torch.utils.flop_counter``, forward + backward) and the
+    achieved fraction of the measured fp32 matmul peak, and the peak resident memory of the
+    process while it trains (sampled from ``/proc/self/statm``; on a GPU,
+    ``torch.cuda.max_memory_allocated``).
 ``tta``
     Time to accuracy: SimCLR (the fastest discriminative method here) on real MNIST; training
     pauses every ``--tta-every`` steps for a linear probe (L-BFGS, fit on 10000 training images,
@@ -397,17 +399,23 @@ def bench_toggles(args: argparse.Namespace, workdir: Path, peaks: dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- simvae
-def training_flops_per_image(method: Any, batch: int) -> float:
-    """FLOPs of one training step (forward + backward) divided by the images it processes."""
+def training_flops_per_sample(method: Any, batch: int) -> float:
+    """Model FLOPs (matmuls and convolutions, forward + backward) of one training step divided by
+    the source samples it processes (a sample's views count once), counted by
+    ``torch.utils.flop_counter`` on a random uint8 batch. A two-player model (``hvae`` symmetric)
+    counts both players' losses."""
     from torch.utils.flop_counter import FlopCounterMode
 
     images = torch.randint(0, 256, (batch, *method.info.image_shape), dtype=torch.uint8)
     counter = FlopCounterMode(display=False)
     with counter:
-        method.training_loss(images)["loss"].backward()
+        if not method.automatic_optimization and hasattr(method, "symmetric_terms"):
+            terms = method.symmetric_terms(method.training_input(images))
+        else:
+            terms = method.training_loss(images)
+        terms["loss"].backward()
     method.zero_grad(set_to_none=True)
-    views = method.config.model.n_views
-    return counter.get_total_flops() / (batch * views)
+    return counter.get_total_flops() / batch
 
 
 def _linear_accuracy(method: Any, data_dir: str, train_set: ImageDataset,
@@ -448,8 +456,8 @@ def bench_simvae(args: argparse.Namespace, workdir: Path, peaks: dict[str, Any])
         if native:
             results[precision]["linear_accuracy"] = _linear_accuracy(
                 method, args.data_dir, train_set, args.device)
-    flops = training_flops_per_image(method, 64)
     views = method.config.model.n_views
+    flops = training_flops_per_sample(method.cpu(), 64) / views
     rows = []
     for precision, r in results.items():
         achieved = r["samples_per_s"] * views * flops / 1e9
@@ -538,8 +546,10 @@ def peak_memory(device: torch.device) -> PeakRSS | PeakDeviceMemory:
     return PeakDeviceMemory(device) if device.type == "cuda" else PeakRSS()
 
 
-def bench_methods(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Samples/s and peak memory of every method at the same batch on MNIST."""
+def bench_methods(args: argparse.Namespace, workdir: Path, peaks: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """Samples/s, model FLOPs per sample, the achieved fraction of the fp32 matmul peak and the
+    peak memory of every method at the same batch on MNIST."""
     train_set = load_mnist(args.data_dir)
     batch, warmup = args.methods_batch, 5
     rows = []
@@ -553,9 +563,13 @@ def bench_methods(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             method, clock = _train_steps(name, "mnist", train_set, steps, sets, workdir,
                                          data_dir=args.data_dir, device=args.device)
         kind = "gpu_allocated" if args.device.type == "cuda" else "rss"
+        rate = clock.rate(warmup, batch)
+        flops = training_flops_per_sample(method.cpu(), 64)
         rows.append({
             "method": name,
-            "samples_per_s": round(clock.rate(warmup, batch), 1),
+            "samples_per_s": round(rate, 1),
+            "model_mflop_per_sample": round(flops / 1e6, 1),
+            "fraction_of_fp32_peak": round(rate * flops / 1e9 / peaks["fp32_gflops"], 3),
             f"peak_{kind}_mib": round(mem.peak / 2**20),
             f"{kind}_increase_mib": round((mem.peak - mem.start) / 2**20),
             "parameters_m": round(sum(p.numel() for p in method.parameters()) / 1e6, 2),
@@ -563,6 +577,8 @@ def bench_methods(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         del method
     print_table(rows, list(rows[0]))
     return {"batch_samples": batch, "timed_steps": args.methods_steps, "warmup_steps": warmup,
+            "flops": "torch.utils.flop_counter (matmuls and convolutions) on one training step, "
+                     "forward + backward, per source sample; the online probe is off",
             "dataset": "mnist (28x28); each method's MNIST preset networks and views",
             "rows": rows}
 
@@ -849,7 +865,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "vicreg": ("vicreg", lambda w: bench_vicreg(args, w)),
         "toggles": ("speed_features", lambda w: bench_toggles(args, w, peaks)),
         "simvae": ("simvae", lambda w: bench_simvae(args, w, peaks)),
-        "methods": ("methods", lambda w: bench_methods(args, w)),
+        "methods": ("methods", lambda w: bench_methods(args, w, peaks)),
         "tta": ("time_to_accuracy", lambda w: bench_tta(args, w)),
         "resnet32": ("resnet18_32px", lambda w: bench_resnet32(args, w)),
         "syncs": ("host_syncs", lambda w: bench_syncs(args, w)),

@@ -1,4 +1,4 @@
-"""VICReg, BYOL, SimCLR and Barlow Twins on MNIST with the same small conv backbone and budget.
+"""VICReg, BYOL, SimCLR, Barlow Twins and MoCo-SimCLR on MNIST, same small conv backbone and budget.
 
 Run as ``python -m benchmarks.ssl_mnist --data-dir DIR --epochs E --out FILE.json``. Every method
 uses its ``configs/<method>/mnist.yaml`` preset (conv backbone 28 -> 14 -> 7 -> 4 with 2048
@@ -31,7 +31,7 @@ from selfsup import engine, pipelines
 from selfsup.data.base import ImageDataset
 from selfsup.methods import method_class
 
-METHODS = ("vicreg", "byol", "simclr", "barlowtwins")
+METHODS = ("vicreg", "byol", "simclr", "barlowtwins", "mocosimclr")
 
 
 def _subset(dataset: ImageDataset, n: int, seed: int) -> ImageDataset:

@@ -73,6 +73,31 @@ def test_resnet32_part_runs_and_later_parts_keep_earlier_ones(tmp_path):
     assert speed._previous_parts(out, {"device": "cuda"}) == {}  # never mixes devices
 
 
+def test_methods_part_reports_flops_and_fraction_of_peak(tmp_path):
+    from fixtures import write_idx_dataset
+
+    write_idx_dataset(tmp_path, "mnist", n_train=64, n_test=16)
+    out = tmp_path / "speed.json"
+    speed.main(["--device", "cpu", "--data-dir", str(tmp_path), "--threads", "1", "--parts",
+                "methods", "--methods", "simvae", "hvae", "--methods-batch", "8",
+                "--methods-steps", "3", "--out", str(out)])
+    result = json.loads(out.read_text())
+    peak = result["matmul_peak"]["fp32_gflops"]
+    rows = {r["method"]: r for r in result["methods"]["rows"]}
+    # SimVAE's MLP 784-2000-500-500-2z / z-500-500-2000-784 with z = 10, J = 2 views, by hand:
+    # per image 2 FLOPs per weight forward, twice that backward (input and weight gradients),
+    # except that the first layer needs no gradient for its input (the images)
+    weights = 784 * 2000 + 2000 * 500 + 500 * 500 + 500 * 20 + 10 * 500 + 500 * 500 + 500 * 2000
+    weights += 2000 * 784
+    per_image = 6 * weights - 2 * 784 * 2000
+    assert rows["simvae"]["model_mflop_per_sample"] == pytest.approx(2 * per_image / 1e6,
+                                                                      abs=0.06)
+    for row in rows.values():
+        expected = row["samples_per_s"] * row["model_mflop_per_sample"] / 1e3 / peak
+        assert row["fraction_of_fp32_peak"] == pytest.approx(expected, rel=0.02, abs=2e-3)
+        assert row["peak_rss_mib"] > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
