@@ -43,6 +43,18 @@ def _assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in proc.stderr, proc.stderr
 
 
+def test_demo_trains_probes_and_draws(tmp_path):
+    """`selfsup demo`, the README's first command, with fewer epochs."""
+    out = tmp_path / "demo"
+    proc = selfsup("demo", "--epochs", "3", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["epochs"] == 3 and summary["run_dir"] == str(out)
+    assert summary["linear_probe_accuracy"] > 0.8  # 10 digit classes: chance is 0.1
+    for name in ("reconstructions.png", "samples.png", "embedding.png"):
+        assert (out / "images" / name).is_file(), name
+
+
 def test_train_eval_generate_json(tmp_path):
     run = tmp_path / "run"
     proc = selfsup("train", "vae", "--dataset", "digits", "--out", str(run), "--json", *TINY)

@@ -195,3 +195,12 @@ def test_compile_networks_keeps_checkpoint_keys():
     compiled = method.compile_networks()
     assert compiled and "augment" not in compiled
     assert list(method.state_dict()) == before
+
+
+def test_datasets_go_to_the_gpu_only_when_they_fit():
+    from selfsup.engine import fits_on_device
+
+    gib = 2**30
+    assert fits_on_device(2 * gib, free_bytes=40 * gib)  # e.g. dSprites (3 GiB) on a large GPU
+    assert fits_on_device(4 * gib, free_bytes=8 * gib)  # exactly half: still fits
+    assert not fits_on_device(4 * gib + 1, free_bytes=8 * gib)  # the rest is for the model

@@ -109,6 +109,12 @@ class InMemoryBatches:
                 yield self.images[idx], self.labels[idx]
 
 
+def fits_on_device(nbytes: int, free_bytes: int, fraction: float = 0.5) -> bool:
+    """Whether a dataset of ``nbytes`` may live on the GPU: at most ``fraction`` of its free
+    memory, leaving the rest to the model, activations and optimizer state."""
+    return nbytes <= fraction * free_bytes
+
+
 def _collate_uint8(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.stack([img for img, _ in items])
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
@@ -425,12 +431,20 @@ def fit(
         callbacks.append(RunPlots(run_dir, shown, tcfg.plot_every, tcfg.embedding_plot))
     trainer = build_trainer(config, run_dir, loader, callbacks)
     method.steps_per_epoch = len(loader)
-    if (
-        isinstance(loader, InMemoryBatches)
-        and config.data.on_device
-        and trainer.strategy.root_device.type != "cpu"
-    ):
-        loader.to(trainer.strategy.root_device)
+    device = trainer.strategy.root_device
+    if isinstance(loader, InMemoryBatches) and config.data.on_device and device.type == "cuda":
+        nbytes = loader.images.nbytes + loader.labels.nbytes
+        free = torch.cuda.mem_get_info(device)[0]
+        if fits_on_device(nbytes, free):
+            loader.to(device)
+        else:
+            print(
+                f"selfsup: note: the training images ({nbytes / 2**30:.1f} GiB) would take more "
+                f"than half of the GPU's free memory ({free / 2**30:.1f} GiB), so they stay in "
+                "host memory and each batch is copied to the GPU. Set data.on_device=false to "
+                "choose this yourself.",
+                file=sys.stderr,
+            )
     ckpt_path = run_dir / CHECKPOINT_DIR / LAST if resume else None
     if ckpt_path is not None:
         load_checkpoint_file(ckpt_path)  # clear error for a corrupt file before Lightning sees it
