@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
-from helpers import assert_same_weights, weights
+from helpers import InterruptAt, assert_same_weights, weights
 from selfsup import engine, pipelines
 from selfsup.data.base import DataInfo
 from selfsup.errors import ConfigError
@@ -106,15 +104,6 @@ def test_queue_must_be_a_multiple_of_the_batch_and_is_fifo():
     assert not hasattr(no_queue, "queue") and not hasattr(no_queue, "key_backbone")
 
 
-class _InterruptAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_queue_and_key_encoder_resume_exactly(tmp_path, monkeypatch):
     """SIGINT mid-epoch, then resume: the same weights, queue and pointer as never stopping."""
     full, result = pipelines.train(_config(128, encode_method="softmax", message_size=4,
@@ -131,7 +120,7 @@ def test_queue_and_key_encoder_resume_exactly(tmp_path, monkeypatch):
     original_fit = engine.fit
 
     def fit_with_interrupt(*args, **kwargs):
-        return original_fit(*args, **kwargs, extra_callbacks=[_InterruptAt(31)])
+        return original_fit(*args, **kwargs, extra_callbacks=[InterruptAt(31)])
 
     monkeypatch.setattr(pipelines, "fit", fit_with_interrupt)
     _, result = pipelines.train(_config(128, encode_method="softmax", message_size=4,

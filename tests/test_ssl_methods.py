@@ -4,15 +4,12 @@ BYOL target is an EMA copy that gets no gradient and resumes exactly, and every 
 from __future__ import annotations
 
 import csv
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
-from helpers import assert_same_weights, weights
+from helpers import InterruptAt, assert_same_weights, weights
 from selfsup import engine, pipelines
 from selfsup.data.base import DataInfo
 from selfsup.errors import ConfigError
@@ -82,24 +79,13 @@ def test_byol_target_is_a_frozen_moving_average(trained):
     assert any(not torch.equal(a, b) for a, b in zip(online, ema, strict=True))
 
 
-class _InterruptAt(Callback):
-    """Sends SIGINT to this process after ``step`` optimizer steps (a user pressing Ctrl-C)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_byol_mid_epoch_interrupt_resumes_exactly(trained, tmp_path, monkeypatch):
     """Cosine momentum schedule: SIGINT mid-epoch, resume, same weights as never stopping."""
     _, full, _ = trained["byol"]
     original_fit = engine.fit
 
     def fit_with_interrupt(*args, **kwargs):
-        return original_fit(*args, **kwargs, extra_callbacks=[_InterruptAt(30)])
+        return original_fit(*args, **kwargs, extra_callbacks=[InterruptAt(30)])
 
     monkeypatch.setattr(pipelines, "fit", fit_with_interrupt)
     _, result = pipelines.train(pipelines.build_config("byol", "digits", flags=tiny_flags("byol")),

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from conftest import tiny_vae_flags
-from helpers import assert_same_weights, weights
+from helpers import InterruptAt, assert_same_weights, weights
 from selfsup import engine, pipelines
 from selfsup.errors import NonFiniteLossError, RunError
 
@@ -42,17 +40,6 @@ def test_resume_from_epoch_end_matches_uninterrupted(tmp_path):
     assert_same_weights(weights(full), weights(resumed))
 
 
-class _InterruptAt(Callback):
-    """Sends SIGINT to this process after ``step`` optimizer steps (a user pressing Ctrl-C)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch):
     config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=2))
     full, _ = pipelines.train(config, tmp_path / "full")
@@ -60,7 +47,7 @@ def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch):
     original_fit = engine.fit
 
     def fit_with_interrupt(*args, **kwargs):
-        return original_fit(*args, **kwargs, extra_callbacks=[_InterruptAt(30)])
+        return original_fit(*args, **kwargs, extra_callbacks=[InterruptAt(30)])
 
     monkeypatch.setattr(pipelines, "fit", fit_with_interrupt)
     config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=2))
