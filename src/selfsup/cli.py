@@ -94,10 +94,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if args.resume:
         if extra or args.method:
             raise ConfigError(
-                "--resume continues a run with its saved configuration; only --epochs may be "
-                "given with it (to extend the run)."
+                "--resume continues a run with its saved configuration; only --epochs (to extend "
+                "the run), --devices and --num-nodes (to continue elsewhere) may be given with it."
             )
-        _, result = pipelines.resume(args.resume, epochs=args.epochs)
+        _, result = pipelines.resume(args.resume, args.epochs, args.devices, args.num_nodes)
     else:
         if not args.method:
             raise ConfigError("Name a method to train, e.g. `selfsup train vae --dataset mnist`.")
@@ -109,6 +109,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             ("download", "data", "download"),
             ("epochs", "trainer", "epochs"),
             ("devices", "trainer", "devices"),
+            ("num_nodes", "trainer", "num_nodes"),
             ("strategy", "trainer", "strategy"),
             ("precision", "trainer", "precision"),
             ("accelerator", "trainer", "accelerator"),
@@ -436,6 +437,7 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int)
     train.add_argument("--devices", type=int)
+    train.add_argument("--num-nodes", type=int, help="machines taking part (README: Many machines)")
     train.add_argument("--strategy", help="auto or ddp")
     train.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed")
     train.add_argument("--accelerator", help="auto (default), cpu or gpu")

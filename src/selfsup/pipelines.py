@@ -5,7 +5,6 @@ These are the library's entry points; ``cli.py`` only parses arguments and calls
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from selfsup.engine import (
     check_output_dir,
     data_info,
     fit,
+    launched_as_rank_zero,
     load_checkpoint_file,
 )
 from selfsup.errors import ConfigError, RunError
@@ -123,8 +123,9 @@ def train_split_name(config: RunConfig) -> str:
 
 # ---------------------------------------------------------------------------------------- runs
 def is_launched_worker() -> bool:
-    """True in the extra processes Lightning's DDP launcher starts (they re-run the command)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+    """True in every process but global rank 0: the extra processes Lightning's DDP launcher
+    starts, and the other processes torchrun or srun start on this and other machines."""
+    return not launched_as_rank_zero()
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -134,6 +135,11 @@ def default_run_dir(config: RunConfig) -> Path:
 
 def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method, TrainResult]:
     """Train a new run into ``run_dir`` (which must not already hold a run)."""
+    if not run_dir and config.trainer.num_nodes > 1:
+        raise ConfigError(
+            "A multi-node run needs --out: every machine must name the same run folder (the "
+            "default folder name holds the start time, which differs between machines)."
+        )
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     worker = is_launched_worker()
     if (run_dir / CONFIG_FILE).exists() and not worker:
@@ -141,13 +147,13 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method,
             f"{run_dir} already holds a run. Continue it with `selfsup train --resume {run_dir}`, "
             "or choose a new folder with --out."
         )
-    check_output_dir(run_dir, needed_bytes=10 * 2**20)  # fail before loading data or training
+    if not worker:  # fail before loading data or training; only rank 0 writes the run folder
+        check_output_dir(run_dir, needed_bytes=10 * 2**20)
     torch.manual_seed(config.seed)
     train_set = load_split(config, train_split_name(config))
     test_set = _optional_test_split(config)
     resolve_normalization(config.augment, train_set)  # normalize_stats=train: saved in config
     method = method_class(config.method)(config, data_info(train_set))
-    run_dir.mkdir(parents=True, exist_ok=True)
     if not worker:
         config.save(run_dir / CONFIG_FILE)  # after the method resolved its "auto" choices
     result = fit(method, train_set, test_set, run_dir)
@@ -155,12 +161,24 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method,
     return method, result
 
 
-def resume(run_dir: str | Path, epochs: int | None = None) -> tuple[Method, TrainResult]:
-    """Continue a run from ``checkpoints/last.ckpt``; ``epochs`` may extend its budget."""
+def resume(
+    run_dir: str | Path,
+    epochs: int | None = None,
+    devices: int | None = None,
+    num_nodes: int | None = None,
+) -> tuple[Method, TrainResult]:
+    """Continue a run from ``checkpoints/last.ckpt``; ``epochs`` may extend its budget.
+
+    ``devices`` / ``num_nodes`` continue it on another number of processes or machines (the
+    global batch, the data order and the learning rate stay; see README: Many machines).
+    """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    if epochs is not None:
-        config.trainer.epochs = epochs
+    changes = {"epochs": epochs, "devices": devices, "num_nodes": num_nodes}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if changes:
+        for key, value in changes.items():
+            setattr(config.trainer, key, value)
         config.validate()
         if not is_launched_worker():
             config.save(run_dir / CONFIG_FILE)
@@ -179,8 +197,14 @@ def resume(run_dir: str | Path, epochs: int | None = None) -> tuple[Method, Trai
 
 def _optional_test_split(config: RunConfig) -> AnyDataset | None:
     spec = dataset_spec(config.data.name)
-    if spec.test_split not in spec.splits or spec.num_classes <= 0:
+    labeled = spec.num_classes > 0 or spec.extra.get("class_folders", False)
+    if spec.test_split not in spec.splits or not labeled:
         return None
+    present = spec.extra.get("split_present")
+    if present is not None and not present(
+        Path(config.data.dir).expanduser(), spec.test_split, dataset_options(config)
+    ):
+        return None  # an optional test split (image folders): train without it
     return load_split(config, spec.test_split)
 
 
@@ -283,7 +307,7 @@ def run_features(
 
     config = method.config
     spec = dataset_spec(config.data.name)
-    if spec.num_classes <= 0:
+    if spec.num_classes <= 0 and not spec.extra.get("class_folders", False):
         raise ConfigError(
             f"Dataset {spec.name} has no labels, so probes cannot be trained on it. Evaluate on a "
             "labeled dataset."

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from selfsup.data.base import ImageDataset
+from selfsup.data.base import AnyDataset, first_images
 
 
 def _grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
@@ -26,7 +26,7 @@ def _grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
 
 @torch.no_grad()
 def save_generative_grids(
-    method: Any, dataset: ImageDataset, out_dir: Path, n: int = 32
+    method: Any, dataset: AnyDataset, out_dir: Path, n: int = 32
 ) -> dict[str, Path]:
     """Write ``reconstructions.png`` (rows: input, reconstruction) and ``samples.png``.
 
@@ -35,7 +35,7 @@ def save_generative_grids(
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = method.training
     method.eval()
-    images = dataset.images[:n].to(method.device)
+    images = first_images(dataset, n).to(method.device)
     x = method.preprocess(images)
     x_vis = method.augment.to_float(images)
     recon = method.reconstruct(x)

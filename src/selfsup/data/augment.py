@@ -465,6 +465,8 @@ class BatchAugment(torch.nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment a batch (N, C, H, W) (uint8 or float in [0, 1]) with fresh random parameters;
         returns float32 (N, C, out, out) on the input's device."""
+        if isinstance(x, CroppedViews):  # streamed image folder: crops taken by the loader
+            return augment_cropped(self, x, 1, generator)
         return self.apply(x, self.sample_params(x.shape[0], generator))
 
     def views(self, x: Tensor, n_views: int, generator: torch.Generator | None = None) -> Tensor:
@@ -473,10 +475,13 @@ class BatchAugment(torch.nn.Module):
         holds the views of sample ``i``."""
         if n_views < 1:
             raise ConfigError(f"n_views = {n_views} is invalid: ask for at least one view.")
+        if isinstance(x, CroppedViews):  # streamed image folder: crops taken by the loader
+            return augment_cropped(self, x, n_views, generator)
         return self.forward(x.repeat_interleave(n_views, dim=0), generator)
 
     def eval_transform(self, x: Tensor) -> Tensor:
         """Deterministic preprocessing for evaluation: ``normalize(to_float(x))``."""
+        x = x.clean if isinstance(x, CroppedViews) else x  # streamed folder: resize + centre crop
         self._check_input(x)
         return self.normalize(to_float(x))
 
@@ -676,3 +681,76 @@ class BatchAugment(torch.nn.Module):
         xs = F.conv2d(xs, kern.view(m * c, 1, 1, k), groups=m * c)
         xs = F.conv2d(xs, kern.view(m * c, 1, k, 1), groups=m * c).view(m, c, h, w)
         return xs if whole else x.index_copy(0, idx, xs)
+
+
+# ==================================================================================================
+# Streamed image folders (issue 19; kept apart from the preprocessing above).
+#
+# For image folders too large for memory the random resized crop is taken in the DataLoader
+# workers from the FULL-RESOLUTION decoded file (as the ImageNet recipes do); the batch reaches the
+# method as a :class:`CroppedViews`, and :class:`BatchAugment` applies the rest of the augmentation
+# (flips, affine, colour jitter, grayscale, blur, solarization, binarization, normalization) to the
+# crops on the training device with the crop itself switched off. Evaluation inputs are the
+# deterministic ``clean`` view (shorter side resized to S, centre crop S x S).
+# ==================================================================================================
+class CroppedViews:
+    """A training batch of a streamed image folder.
+
+    ``clean``: uint8 (N, C, S, S), each image's shorter side resized to S and centre-cropped;
+    ``crops``: uint8 (N, V, C, S, S), V random resized crops per image taken from the
+    full-resolution file, or None when the augmentation has no random crop (``crop_scale`` [1, 1]
+    or ``crop_prob`` 0): the views are then augmentations of ``clean``, exactly as for in-memory
+    datasets. ``shape`` is ``clean.shape`` so that a method can read the batch size as usual.
+    """
+
+    def __init__(self, clean: Tensor, crops: Tensor | None = None) -> None:
+        if clean.ndim != 4 or (crops is not None and (
+                crops.ndim != 5 or crops.shape[0] != clean.shape[0]
+                or crops.shape[2:] != clean.shape[1:])):
+            raise DataError(
+                f"CroppedViews needs clean (N, C, S, S) and crops (N, V, C, S, S), got "
+                f"{tuple(clean.shape)} and {None if crops is None else tuple(crops.shape)}."
+            )
+        self.clean = clean
+        self.crops = crops
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.clean.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.clean.device
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    def to(self, *args: object, **kwargs: object) -> CroppedViews:
+        """Both tensors moved like ``Tensor.to`` (Lightning moves batches with this)."""
+        crops = None if self.crops is None else self.crops.to(*args, **kwargs)  # type: ignore[arg-type]
+        return CroppedViews(self.clean.to(*args, **kwargs), crops)  # type: ignore[arg-type]
+
+
+def augment_cropped(
+    aug: BatchAugment, x: CroppedViews, n_views: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """``n_views`` augmented views per image, sample-major (as :meth:`BatchAugment.views`).
+
+    View ``v`` of image ``i`` is crop ``v`` taken by the loader (or ``clean`` when it took none)
+    passed through :meth:`BatchAugment.apply` with freshly drawn parameters whose crop box is the
+    whole (already cropped) image, i.e. every transform but the crop.
+    """
+    if x.crops is None:
+        source = x.clean.repeat_interleave(n_views, dim=0)
+    elif n_views > x.crops.shape[1]:
+        raise ConfigError(
+            f"The method asked for {n_views} augmented views per image, but the image-folder "
+            f"loader cropped {x.crops.shape[1]}. The method's train_views() must return the "
+            "number of views its training_loss draws."
+        )
+    else:
+        source = x.crops[:, :n_views].flatten(0, 1)
+    params = aug.sample_params(source.shape[0], generator)
+    _, height, width = aug.image_shape
+    params["box"] = torch.tensor([0, 0, height, width]).expand(source.shape[0], 4).clone()
+    return aug.apply(source, params)

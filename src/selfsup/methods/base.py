@@ -123,6 +123,11 @@ class Method(L.LightningModule):
         """One augmented view per sample."""
         return self.augment(images, generator=self.step_generator)
 
+    def train_views(self) -> int:
+        """How many augmented views per sample ``training_loss`` draws (``views``/``augmented``);
+        a streamed image folder crops that many per image in its loader workers."""
+        return 1
+
     def compile_networks(self) -> list[str]:
         """``torch.compile`` each trainable sub-network in place (``trainer.compile``).
 
