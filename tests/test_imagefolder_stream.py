@@ -15,7 +15,7 @@ from helpers import InterruptAt, assert_same_weights, weights
 from selfsup import engine, pipelines
 from selfsup.data import load_dataset
 from selfsup.data.augment import AugmentConfig, BatchAugment, CroppedViews
-from selfsup.data.imagefolder import sample_seed
+from selfsup.data.imagefolder import crop_boxes
 from selfsup.data.streaming import StreamingBatches, epoch_order
 from selfsup.errors import DataError
 
@@ -42,8 +42,8 @@ def crop_config(**kw) -> AugmentConfig:
     return AugmentConfig(crop_scale=[0.1, 0.6], crop_ratio=[0.5, 2.0], **kw)
 
 
-def test_crops_are_torchvisions_random_resized_crop_of_the_full_resolution_file(tmp_path):
-    from torchvision.transforms import RandomResizedCrop
+def test_crops_are_resized_crops_of_the_full_resolution_file(tmp_path):
+    from torchvision.transforms import functional as TF
 
     write_folder(tmp_path)
     ds = load_dataset("imagefolder", tmp_path, "train", {"image_size": SIZE})
@@ -52,16 +52,47 @@ def test_crops_are_torchvisions_random_resized_crop_of_the_full_resolution_file(
         clean, crops, label = items[(epoch, i)]
         assert torch.equal(clean, ds[i][0]) and label == int(ds.labels[i])
         assert crops.shape == (2, 3, SIZE, SIZE) and crops.dtype == torch.uint8
-        # the reference: torchvision's transform applied twice to the full-resolution PIL image
-        # with torch's RNG seeded as the loader seeds this (epoch, image)
+        # the reference: torchvision's resized_crop of the full-resolution PIL image, i.e. what
+        # RandomResizedCrop does once it has drawn the box
         full = Image.open(ds.path(i)).convert("RGB")
-        transform = RandomResizedCrop(SIZE, scale=(0.1, 0.6), ratio=(0.5, 2.0))
-        torch.manual_seed(sample_seed(5, epoch, i))
-        ref = [torch.from_numpy(np.asarray(transform(full))).permute(2, 0, 1) for _ in range(2)]
+        boxes = items.boxes(*full.size, epoch, i)
+        ref = [TF.pil_to_tensor(TF.resized_crop(full, *box, [SIZE, SIZE]))
+               for box in boxes.tolist()]
         assert torch.equal(crops, torch.stack(ref))
+        assert torch.equal(boxes, items.boxes(*full.size, epoch, i))  # seeded by (epoch, image)
     # other epochs and images get other crops; a crop is not a piece of the resized image
     assert not torch.equal(items[(1, 0)][1], items[(0, 0)][1])
     assert not torch.equal(items[(0, 1)][1][0], items[(0, 1)][0])
+    assert items.clean  # by default; a method that never uses it is spared the resize
+    assert ds.training_views(crop_config(), 2, seed=5, clean=False)[(0, 0)][0] is None
+
+
+def test_crop_boxes_follow_torchvisions_random_resized_crop():
+    """Same algorithm as RandomResizedCrop.get_params: compare the distributions of 4000 boxes of
+    a wide image (some tries fail, so the fallback matters too) and the constraints per box."""
+    from torchvision.transforms import RandomResizedCrop
+
+    width, height, scale, ratio = 60, 20, (0.2, 0.9), (0.5, 2.0)
+    ours = torch.cat([crop_boxes(width, height, 4, scale, ratio, 1.0, seed)
+                      for seed in range(1000)])
+    torch.manual_seed(0)
+    dummy = torch.empty(1, 1, 1).expand(3, height, width)
+    theirs = torch.tensor([RandomResizedCrop.get_params(dummy, list(scale), list(ratio))
+                           for _ in range(4000)])
+    for boxes in (ours, theirs):
+        top, left, h, w = boxes.T
+        assert ((top >= 0) & (left >= 0) & (top + h <= height) & (left + w <= width)).all()
+    for stat in (lambda b: (b[:, 2] * b[:, 3]).float() / (width * height),
+                 lambda b: (b[:, 3].float() / b[:, 2]).log(),
+                 lambda b: b[:, 0].float(), lambda b: b[:, 1].float()):
+        a, b = stat(ours), stat(theirs)
+        assert abs(a.mean() - b.mean()) < 0.1 * b.std() + 1e-3
+        assert abs(a.std() - b.std()) < 0.1 * b.std() + 1e-3
+    fallback = torch.tensor([(height - 20) // 2, (width - 40) // 2, 20, 40])  # ratio clipped to 2
+    rates = [(boxes == fallback).all(1).float().mean() for boxes in (ours, theirs)]
+    assert rates[1] > 0.02 and abs(rates[0] - rates[1]) < 0.02
+    none = crop_boxes(width, height, 2000, scale, ratio, 0.25, 1)  # crop_prob: -1 rows
+    assert abs((none[:, 0] < 0).float().mean() - 0.75) < 0.04
 
 
 def test_no_random_crop_means_views_of_the_evaluation_view(tmp_path):
@@ -193,3 +224,21 @@ def test_streamed_training_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     resumed, result = pipelines.resume(tmp_path / "split")
     assert result.global_step == 12
     assert_same_weights(weights(full), weights(resumed))
+
+
+@pytest.mark.parametrize("method", __import__("selfsup.methods").methods.method_names())
+def test_every_method_trains_on_cropped_views(method):
+    """Each method declares the views it draws (train_views) and whether it uses the un-augmented
+    image (train_uses_clean); a batch holding exactly that must be enough for training_loss."""
+    from selfsup.data.base import DataInfo
+    from selfsup.methods import method_class
+
+    config = pipelines.build_config(method, "imagefolder", use_preset=False,
+                                    sets=[f"data.image_size={SIZE}"])
+    model = method_class(method)(config, DataInfo("imagefolder", (3, SIZE, SIZE), 3, True))
+    g = torch.Generator().manual_seed(0)
+    views = model.train_views()
+    crops = torch.randint(0, 256, (4, views, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    clean = crops[:, 0].clone() if model.train_uses_clean() else None
+    terms = model.training_loss(CroppedViews(clean, crops))
+    assert torch.isfinite(terms["loss"]) and terms["loss"].ndim == 0

@@ -87,7 +87,7 @@ def test_two_nodes_equal_one_process_and_resume_on_one_node(tmp_path, capsys):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     summary = json.loads(outs[0][0].strip().splitlines()[-1])
     assert summary["global_step"] == STEPS_PER_EPOCH  # each global batch of 64 split 32 + 32

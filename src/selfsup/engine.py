@@ -121,15 +121,17 @@ def make_loader(
     augment: Any = None,
     n_views: int = 1,
     decode: str = "workers",
+    clean: bool = True,
 ) -> InMemoryBatches | StreamingBatches:
     """The loader for a dataset: in-memory slicing, or resumable sharded batches read by
     DataLoader workers for streamed data. Image folders (``training_views``) take ``n_views``
     random resized crops per image from the full-resolution file when training with ``augment``
-    (``decode``: ``workers`` or ``device``, see :mod:`selfsup.data.imagefolder`)."""
+    (``decode``: ``workers`` or ``device``; ``clean``: also the evaluation view; see
+    :mod:`selfsup.data.imagefolder`)."""
     if isinstance(dataset, ImageDataset):
         return InMemoryBatches(dataset, batch_size, seed, shuffle=train, drop_last=train)
     crops = train and augment is not None and hasattr(dataset, "training_views")
-    items = dataset.training_views(augment, n_views, seed, decode) if crops else dataset
+    items = dataset.training_views(augment, n_views, seed, decode, clean) if crops else dataset
     return StreamingBatches(
         items, batch_size, seed, shuffle=train, drop_last=train, num_workers=num_workers,
         epoch_keys=crops,
@@ -444,7 +446,7 @@ def fit(
     loader = make_loader(
         train_set, config.data.batch_size, config.seed, True, config.data.num_workers,
         tcfg.devices, augment=config.augment, n_views=method.train_views(),
-        decode=config.data.decode,
+        decode=config.data.decode, clean=method.train_uses_clean(),
     )
     if len(loader) == 0:
         raise SelfsupError(

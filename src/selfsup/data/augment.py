@@ -481,7 +481,7 @@ class BatchAugment(torch.nn.Module):
 
     def eval_transform(self, x: Tensor) -> Tensor:
         """Deterministic preprocessing for evaluation: ``normalize(to_float(x))``."""
-        x = x.clean if isinstance(x, CroppedViews) else x  # streamed folder: resize + centre crop
+        x = x.evaluation_view() if isinstance(x, CroppedViews) else x  # streamed image folder
         self._check_input(x)
         return self.normalize(to_float(x))
 
@@ -696,39 +696,49 @@ class BatchAugment(torch.nn.Module):
 class CroppedViews:
     """A training batch of a streamed image folder.
 
-    ``clean``: uint8 (N, C, S, S), each image's shorter side resized to S and centre-cropped;
+    ``clean``: uint8 (N, C, S, S), each image's shorter side resized to S and centre-cropped
+    (the evaluation view), or None when the method does not use it (``Method.train_uses_clean``);
     ``crops``: uint8 (N, V, C, S, S), V random resized crops per image taken from the
     full-resolution file, or None when the augmentation has no random crop (``crop_scale`` [1, 1]
     or ``crop_prob`` 0): the views are then augmentations of ``clean``, exactly as for in-memory
-    datasets. ``shape`` is ``clean.shape`` so that a method can read the batch size as usual.
+    datasets. ``shape`` is (N, C, S, S) so that a method can read the batch size as usual.
     """
 
-    def __init__(self, clean: Tensor, crops: Tensor | None = None) -> None:
-        if clean.ndim != 4 or (crops is not None and (
-                crops.ndim != 5 or crops.shape[0] != clean.shape[0]
-                or crops.shape[2:] != clean.shape[1:])):
+    def __init__(self, clean: Tensor | None, crops: Tensor | None = None) -> None:
+        first = clean if clean is not None else (None if crops is None else crops[:, 0])
+        if first is None or first.ndim != 4 or (crops is not None and (
+                crops.ndim != 5 or crops.shape[0] != first.shape[0]
+                or crops.shape[2:] != first.shape[1:])):
             raise DataError(
-                f"CroppedViews needs clean (N, C, S, S) and crops (N, V, C, S, S), got "
-                f"{tuple(clean.shape)} and {None if crops is None else tuple(crops.shape)}."
+                "CroppedViews needs clean (N, C, S, S) and/or crops (N, V, C, S, S), got "
+                f"{None if clean is None else tuple(clean.shape)} and "
+                f"{None if crops is None else tuple(crops.shape)}."
             )
         self.clean = clean
         self.crops = crops
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.clean.shape
+        self.shape = first.shape
 
     @property
     def device(self) -> torch.device:
-        return self.clean.device
+        return (self.clean if self.clean is not None else self.crops).device  # type: ignore
 
     def __len__(self) -> int:
-        return int(self.clean.shape[0])
+        return int(self.shape[0])
+
+    def evaluation_view(self) -> Tensor:
+        if self.clean is None:
+            raise DataError(
+                "This method uses the un-augmented training images (preprocess), but the "
+                "image-folder loader was told it does not: its train_uses_clean() must return "
+                "True."
+            )
+        return self.clean
 
     def to(self, *args: object, **kwargs: object) -> CroppedViews:
         """Both tensors moved like ``Tensor.to`` (Lightning moves batches with this)."""
-        crops = None if self.crops is None else self.crops.to(*args, **kwargs)  # type: ignore[arg-type]
-        return CroppedViews(self.clean.to(*args, **kwargs), crops)  # type: ignore[arg-type]
+        moved = [None if t is None else t.to(*args, **kwargs)  # type: ignore[arg-type]
+                 for t in (self.clean, self.crops)]
+        return CroppedViews(*moved)
 
 
 def augment_cropped(
@@ -741,7 +751,7 @@ def augment_cropped(
     whole (already cropped) image, i.e. every transform but the crop.
     """
     if x.crops is None:
-        source = x.clean.repeat_interleave(n_views, dim=0)
+        source = x.evaluation_view().repeat_interleave(n_views, dim=0)
     elif n_views > x.crops.shape[1]:
         raise ConfigError(
             f"The method asked for {n_views} augmented views per image, but the image-folder "

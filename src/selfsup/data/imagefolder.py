@@ -25,7 +25,9 @@ the training device (nvJPEG on a GPU) and crops/resizes there (:func:`decode_bat
 
 from __future__ import annotations
 
+import math
 import os
+import random
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -201,20 +203,38 @@ def crop_boxes(
 ) -> torch.Tensor:
     """``n`` crop boxes ``[top, left, h, w]`` of a ``width`` x ``height`` image, int64 (n, 4).
 
-    Each is torchvision's ``RandomResizedCrop.get_params(img, scale, ratio)`` with probability
-    ``prob`` and ``[-1, -1, -1, -1]`` (use the evaluation view) otherwise, drawn from torch's RNG
-    seeded with ``seed`` (forked: the caller's RNG state is untouched).
+    Each is drawn, with probability ``prob``, by the algorithm of torchvision's
+    ``RandomResizedCrop.get_params``: up to 10 tries of ``area = W H U(scale)``, ``r =
+    exp(U(log ratio))``, ``w = round(sqrt(area r))``, ``h = round(sqrt(area / r))``, the first that
+    fits placed uniformly; else the central crop clipped to the ratio range. Rows of -1 mean "no
+    crop" (the evaluation view is used). The randomness is Python's ``random.Random(seed)`` (a few
+    microseconds per image, where seeding torch's global generator costs hundreds).
     """
-    from torchvision.transforms import RandomResizedCrop
-
-    dummy = torch.empty(1, 1, 1).expand(3, height, width)  # get_params reads the shape only
+    rng = random.Random(seed)
+    area = width * height
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
     boxes = torch.full((n, 4), -1, dtype=torch.int64)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for v in range(n):
-            if prob >= 1.0 or float(torch.rand(1)) < prob:
-                top, left, h, w = RandomResizedCrop.get_params(dummy, list(scale), list(ratio))
+    for v in range(n):
+        if prob < 1.0 and rng.random() >= prob:
+            continue
+        for _ in range(10):
+            target = area * rng.uniform(scale[0], scale[1])
+            aspect = math.exp(rng.uniform(lo, hi))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top, left = rng.randint(0, height - h), rng.randint(0, width - w)
                 boxes[v] = torch.tensor([top, left, h, w])
+                break
+        else:
+            in_ratio = width / height
+            if in_ratio < ratio[0]:
+                w, h = width, int(round(width / ratio[0]))
+            elif in_ratio > ratio[1]:
+                w, h = int(round(height * ratio[1])), height
+            else:
+                w, h = width, height
+            boxes[v] = torch.tensor([(height - h) // 2, (width - w) // 2, h, w])
     return boxes
 
 
@@ -292,11 +312,12 @@ class ImageFolderDataset:
         return self.num_classes > 0
 
     def training_views(
-        self, augment: Any, n_views: int, seed: int, decode: str = "workers"
+        self, augment: Any, n_views: int, seed: int, decode: str = "workers", clean: bool = True
     ) -> FolderTrainingItems:
         """The map-style training items (keys ``(epoch, index)``) for ``n_views`` crops per image
-        with the crop settings of ``augment`` (an :class:`~selfsup.data.augment.AugmentConfig`)."""
-        return FolderTrainingItems(self, augment, n_views, seed, decode)
+        with the crop settings of ``augment`` (an :class:`~selfsup.data.augment.AugmentConfig`),
+        plus the evaluation view when ``clean`` (or when the augmentation takes no crop)."""
+        return FolderTrainingItems(self, augment, n_views, seed, decode, clean)
 
 
 def takes_random_crop(augment: Any) -> bool:
@@ -307,20 +328,30 @@ def takes_random_crop(augment: Any) -> bool:
 class FolderTrainingItems:
     """``items[(epoch, i)]`` -> what a DataLoader worker hands back for training image ``i``.
 
-    ``decode == "workers"``: ``(clean uint8 (3, S, S), crops uint8 (V, 3, S, S) or None, label)``,
-    the crops cut from the full-resolution image with PIL (``crop`` then ``resize``, exactly what
-    torchvision's ``RandomResizedCrop`` does to a PIL image) and ``None`` crops when the
-    augmentation takes none. ``decode == "device"``: ``(file bytes uint8 (B,), boxes (V, 4), label,
-    index)``; :func:`decode_batch` finishes the job on the training device.
+    ``decode == "workers"``: ``(clean uint8 (3, S, S) or None, crops uint8 (V, 3, S, S) or None,
+    label)``, the crops cut from the full-resolution image with PIL (``crop`` then ``resize``,
+    exactly what torchvision's ``RandomResizedCrop`` does to a PIL image), ``None`` crops when the
+    augmentation takes none, ``None`` clean when nobody asked for it (it costs a resize of the
+    whole image). ``decode == "device"``: ``(file bytes uint8 (B,), boxes (V, 4), label, index)``;
+    :func:`decode_batch` finishes the job on the training device.
     """
 
     def __init__(
-        self, dataset: ImageFolderDataset, augment: Any, n_views: int, seed: int, decode: str
+        self,
+        dataset: ImageFolderDataset,
+        augment: Any,
+        n_views: int,
+        seed: int,
+        decode: str,
+        clean: bool = True,
     ) -> None:
         if decode not in ("workers", "device"):
             raise ConfigError(f"data.decode must be workers or device, got {decode!r}.")
+        from PIL import Image  # noqa: F401 - imported before the workers fork: shared memory
+
         self.dataset = dataset
         self.n_crops = n_views if takes_random_crop(augment) else 0
+        self.clean = clean or not self.n_crops
         self.scale = [float(v) for v in augment.crop_scale]
         self.ratio = [float(v) for v in augment.crop_ratio]
         self.prob = float(augment.crop_prob)
@@ -347,18 +378,20 @@ class FolderTrainingItems:
 
         img = open_rgb(path)
         size = self.dataset.image_size
-        clean = center_view(img, size)
+        boxes = self.boxes(*img.size, epoch, i).tolist()
+        no_crop = any(box[2] < 0 for box in boxes)  # crop_prob < 1: the evaluation view
+        clean = center_view(img, size) if self.clean or no_crop else None
         if not self.n_crops:
             return clean, None, label
         resample = Image.NEAREST if self.interpolation == "nearest" else Image.BILINEAR
         crops = []
-        for top, left, h, w in self.boxes(*img.size, epoch, i).tolist():
-            if h < 0:  # no crop drawn for this view (crop_prob < 1): the evaluation view
+        for top, left, h, w in boxes:
+            if h < 0:
                 crops.append(clean)
                 continue
             part = img.crop((left, top, left + w, top + h)).resize((size, size), resample)
             crops.append(_to_tensor(part))
-        return clean, torch.stack(crops), label
+        return (clean if self.clean else None), torch.stack(crops), label
 
     def _raw(self, path: Path, epoch: int, i: int, label: int) -> tuple[Any, ...]:
         from PIL import Image
@@ -385,7 +418,8 @@ def decode_batch(
     JPEGs go through ``torchvision.io.decode_jpeg`` as one batch (nvJPEG on a GPU); other formats
     through ``decode_image`` on the CPU. Resizes are antialiased bilinear
     (``torch.nn.functional.interpolate``), which matches PIL's filter to a few grey levels.
-    Returns ``(clean (N, 3, S, S), crops (N, V, 3, S, S) or None)``, uint8 on ``device``.
+    Returns ``(clean (N, 3, S, S) or None, crops (N, V, 3, S, S) or None)``, uint8 on
+    ``device`` (clean as :class:`FolderTrainingItems` would hand it back).
     """
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
@@ -401,7 +435,7 @@ def decode_batch(
             for k, img in zip(jpeg_pos, decoded, strict=True):
                 images[k] = img
     except RuntimeError:
-        jpeg_pos = []  # a corrupt file in the batch: decode one by one to name it
+        pass  # a corrupt file in the batch: decode one by one below, to name it
     for k, img in enumerate(images):
         if img is not None:
             continue
@@ -416,17 +450,21 @@ def decode_batch(
     cleans, crops = [], []
     for img, box in zip(images, boxes, strict=True):
         assert img is not None
-        clean = _tensor_center_view(img, size)
-        cleans.append(clean)
+        rows = box.tolist()
+        clean = None
+        if items.clean or any(h < 0 for _, _, h, _ in rows):
+            clean = _tensor_center_view(img, size)
+            cleans.append(clean)
         views = []
-        for top, left, h, w in box.tolist():
+        for top, left, h, w in rows:
             if h < 0:
                 views.append(clean)
             else:
                 views.append(_resize(img[:, top : top + h, left : left + w], (size, size), mode))
         if views:
             crops.append(torch.stack(views))
-    return torch.stack(cleans), (torch.stack(crops) if crops else None)
+    clean_batch = torch.stack(cleans) if items.clean else None
+    return clean_batch, (torch.stack(crops) if crops else None)
 
 
 def _resize(img: torch.Tensor, hw: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:

@@ -71,9 +71,9 @@ def _collate(batch: list[Any]) -> Any:
     labels = torch.tensor([item[2] if len(item) == 4 else item[-1] for item in batch])
     if len(first) == 4:  # raw bytes for decoding on the device: lists, sizes differ
         return [i[0] for i in batch], [i[1] for i in batch], labels, [i[3] for i in batch]
-    clean = torch.stack([item[0] for item in batch])
     if len(first) == 2:  # evaluation items: (image, label)
-        return clean, labels
+        return torch.stack([item[0] for item in batch]), labels
+    clean = None if first[0] is None else torch.stack([item[0] for item in batch])
     crops = None if first[1] is None else torch.stack([item[1] for item in batch])
     return clean, crops, labels
 

@@ -218,6 +218,9 @@ class AAVAE(Method):
         return (x * std + mean).clamp(0.0, 1.0)
 
     # --------------------------------------------------------------------------- objective
+    def train_uses_clean(self) -> bool:
+        return True
+
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         """Batch means of loss, log_likelihood (of the clean image) and kl; features h(x_in)."""
         cfg = self.config.model

@@ -128,6 +128,11 @@ class Method(L.LightningModule):
         a streamed image folder crops that many per image in its loader workers."""
         return 1
 
+    def train_uses_clean(self) -> bool:
+        """Whether ``training_loss`` also uses the un-augmented images (``preprocess(images)``);
+        a streamed image folder then also hands over each image's evaluation view."""
+        return False
+
     def compile_networks(self) -> list[str]:
         """``torch.compile`` each trainable sub-network in place (``trainer.compile``).
 
