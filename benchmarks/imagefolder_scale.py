@@ -190,8 +190,9 @@ def measure(pipeline: str, data_dir: Path, size: int, batch: int, workers: int, 
     import torch
 
     torch.set_num_threads(1)
-    import selfsup.data.streaming  # noqa: F401 - imports are not part of building the index
     import torchvision.datasets  # noqa: F401
+
+    import selfsup.data.streaming  # noqa: F401 - imports are not part of building the index
 
     sampler = MemorySampler()
     sampler.start()

@@ -9,7 +9,6 @@ stopped (on CPU, with the same seed).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -31,8 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from selfsup.config import RunConfig
 from selfsup.data.base import AnyDataset, DataInfo, ImageDataset
-from selfsup.data.streaming import StreamingBatches, epoch_order
-from selfsup.data.streaming import rank_and_world as _dist
+from selfsup.data.streaming import GlobalBatches, StreamingBatches
 from selfsup.errors import ConfigError, RunError, SelfsupError
 from selfsup.methods.base import Method
 
@@ -41,13 +39,14 @@ LAST = "last.ckpt"
 
 
 # --------------------------------------------------------------------------------- data loaders
-class InMemoryBatches:
+class InMemoryBatches(GlobalBatches):
     """Batches of an in-memory uint8 dataset, drawn by index slicing (no per-sample collate).
 
     Epoch e visits ``randperm(N, seed + e)`` in global batches of ``global_batch`` (the last
     incomplete batch is dropped); process r of w takes the r-th of w equal shares of each global
     batch. The loader is resumable: Lightning saves ``state_dict()`` (epoch and
-    batches consumed) in every checkpoint and restores it before iterating.
+    batches consumed) in every checkpoint and restores it before iterating
+    (:class:`~selfsup.data.streaming.GlobalBatches`).
     """
 
     def __init__(
@@ -58,14 +57,9 @@ class InMemoryBatches:
         shuffle: bool = True,
         drop_last: bool = True,
     ) -> None:
+        super().__init__(len(dataset), global_batch, seed, shuffle, drop_last)
         self.images = dataset.images
         self.labels = dataset.labels
-        self.global_batch = min(global_batch, len(dataset)) if drop_last else global_batch
-        self.seed = seed
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.consumed = 0
 
     def to(self, device: torch.device | str) -> InMemoryBatches:
         """Keep the uint8 images on ``device`` (e.g. the GPU) so batches need no copy."""
@@ -73,35 +67,9 @@ class InMemoryBatches:
         self.labels = self.labels.to(device)
         return self
 
-    def __len__(self) -> int:
-        n = self.images.shape[0]
-        return n // self.global_batch if self.drop_last else math.ceil(n / self.global_batch)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.consumed = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        if self.consumed >= len(self):
-            self.epoch, self.consumed = self.epoch + 1, 0
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rank, world = _dist()
-        n = self.images.shape[0]
-        if self.shuffle:
-            order = epoch_order(n, self.seed, self.epoch).to(self.images.device)
-        else:
-            order = torch.arange(n, device=self.images.device)
-        for b in range(self.consumed, len(self)):
-            batch = order[b * self.global_batch : min((b + 1) * self.global_batch, n)]
-            idx = batch.tensor_split(world)[rank]  # equal shares; a last partial batch too
-            if idx.numel():
-                yield self.images[idx], self.labels[idx]
+        for idx in self.shares(self.order(self.images.device)):
+            yield self.images[idx], self.labels[idx]
 
 
 def fits_on_device(nbytes: int, free_bytes: int, fraction: float = 0.5) -> bool:
@@ -146,11 +114,11 @@ class DataPosition(Callback):
         self.loader = loader
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if isinstance(self.loader, (InMemoryBatches, StreamingBatches)):
+        if isinstance(self.loader, GlobalBatches):
             self.loader.set_epoch(trainer.current_epoch)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if isinstance(self.loader, (InMemoryBatches, StreamingBatches)):
+        if isinstance(self.loader, GlobalBatches):
             self.loader.consumed += 1
 
 

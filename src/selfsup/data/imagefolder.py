@@ -86,13 +86,18 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
 
 
-def iter_image_files(folder: Path) -> Iterator[Path]:
-    """Image files under ``folder`` (recursively, links followed), in sorted order."""
+def _image_file_names(folder: Path) -> Iterator[str]:
+    """Paths (strings) of the image files under ``folder``, recursively, links followed, sorted."""
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames.sort()
         for fname in sorted(filenames):
             if fname.lower().endswith(EXTENSIONS) and not fname.startswith("."):
-                yield Path(dirpath) / fname
+                yield os.path.join(dirpath, fname)
+
+
+def iter_image_files(folder: Path) -> Iterator[Path]:
+    """Image files under ``folder`` (recursively, links followed), in sorted order."""
+    return map(Path, _image_file_names(folder))
 
 
 def _missing(folder: Path, data_dir: Path) -> DataError:
@@ -125,7 +130,7 @@ class FileIndex:
         offsets = array("q", [0])
         labels = array("q")
         for name, label in class_dirs:
-            for path in iter_image_files(folder / name):
+            for path in _image_file_names(folder / name):
                 blob += os.fsencode(path)
                 offsets.append(len(blob))
                 labels.append(label)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from selfsup.errors import DataError
 
-__all__ = ["StreamingBatches", "epoch_order", "rank_and_world"]
+__all__ = ["GlobalBatches", "StreamingBatches", "epoch_order", "rank_and_world"]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -78,49 +78,26 @@ def _collate(batch: list[Any]) -> Any:
     return clean, crops, labels
 
 
-class _KeySampler:
-    """The batch sampler: this process's key lists from the loader's current position."""
+class GlobalBatches:
+    """The position and order of a resumable, sharded loader over ``n`` samples.
 
-    def __init__(self, owner: StreamingBatches) -> None:
-        self.owner = owner
-
-    def __iter__(self) -> Iterator[list[Any]]:
-        return self.owner.rank_keys()
-
-    def __len__(self) -> int:
-        return max(0, len(self.owner) - self.owner.consumed)
-
-
-class StreamingBatches:
-    """Batches of a streamed dataset; resumable mid-epoch and sharded over processes.
-
-    ``items``: map-style dataset of length N (see the module docstring for keys and items);
-    ``epoch_keys``: key items by ``(epoch, index)``; ``device`` (set by the engine): where
-    ``decode == "device"`` items are decoded, and whether to pin host memory.
+    Epoch ``e`` visits :func:`epoch_order` (or ``0..n-1`` without ``shuffle``) in global batches of
+    ``global_batch`` (capped at ``n`` and the last incomplete one dropped with ``drop_last``);
+    :meth:`shares` hands this process its equal share of every global batch from ``consumed`` on.
+    ``state_dict()`` (epoch, batches consumed) is saved in every checkpoint by Lightning and
+    restored before iterating; the engine's ``DataPosition`` callback advances it.
     """
 
     def __init__(
-        self,
-        items: Any,
-        global_batch: int,
-        seed: int,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        num_workers: int = 2,
-        epoch_keys: bool = False,
+        self, n: int, global_batch: int, seed: int, shuffle: bool = True, drop_last: bool = True
     ) -> None:
-        self.items = items
-        self.n = len(items)
-        self.global_batch = min(global_batch, self.n) if drop_last else global_batch
+        self.n = n
+        self.global_batch = min(global_batch, n) if drop_last else global_batch
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.num_workers = num_workers
-        self.epoch_keys = epoch_keys
         self.epoch = 0
         self.consumed = 0
-        self.device: torch.device | None = None
-        self._loader: DataLoader | None = None
 
     def __len__(self) -> int:
         if self.global_batch < 1:
@@ -142,15 +119,65 @@ class StreamingBatches:
         if self.consumed >= len(self):
             self.epoch, self.consumed = self.epoch + 1, 0
 
-    def rank_keys(self) -> Iterator[list[Any]]:
-        """This process's share of every remaining global batch of the epoch, as item keys."""
+    def order(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The visiting order of the current epoch, on ``device``."""
+        if self.shuffle:
+            return epoch_order(self.n, self.seed, self.epoch).to(device)
+        return torch.arange(self.n, device=device)
+
+    def shares(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
+        """This process's (non-empty) share of every remaining global batch of ``order``."""
         rank, world = rank_and_world()
-        order = epoch_order(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
         for b in range(self.consumed, len(self)):
             batch = order[b * self.global_batch : min((b + 1) * self.global_batch, self.n)]
-            share = batch.tensor_split(world)[rank].tolist()
-            if share:
-                yield [(self.epoch, i) for i in share] if self.epoch_keys else share
+            share = batch.tensor_split(world)[rank]  # equal shares; a last partial batch too
+            if share.numel():
+                yield share
+
+
+class _KeySampler:
+    """The batch sampler: this process's key lists from the loader's current position."""
+
+    def __init__(self, owner: StreamingBatches) -> None:
+        self.owner = owner
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return self.owner.rank_keys()
+
+    def __len__(self) -> int:
+        return max(0, len(self.owner) - self.owner.consumed)
+
+
+class StreamingBatches(GlobalBatches):
+    """Batches of a streamed dataset; resumable mid-epoch and sharded over processes.
+
+    ``items``: map-style dataset of length N (see the module docstring for keys and items);
+    ``epoch_keys``: key items by ``(epoch, index)``; ``device`` (set by the engine): where
+    ``decode == "device"`` items are decoded, and whether to pin host memory.
+    """
+
+    def __init__(
+        self,
+        items: Any,
+        global_batch: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        num_workers: int = 2,
+        epoch_keys: bool = False,
+    ) -> None:
+        super().__init__(len(items), global_batch, seed, shuffle, drop_last)
+        self.items = items
+        self.num_workers = num_workers
+        self.epoch_keys = epoch_keys
+        self.device: torch.device | None = None
+        self._loader: DataLoader | None = None
+
+    def rank_keys(self) -> Iterator[list[Any]]:
+        """This process's share of every remaining global batch of the epoch, as item keys."""
+        for share in self.shares(self.order()):
+            indices = share.tolist()
+            yield [(self.epoch, i) for i in indices] if self.epoch_keys else indices
 
     def _dataloader(self) -> DataLoader:
         if self._loader is None:
