@@ -297,6 +297,20 @@ def test_pretraining_optimizers_match_the_recipes():
     assert solo.lr * solo.warmup_start_factor == pytest.approx(3e-5)
 
 
+@pytest.mark.parametrize(("lr", "step"), [(0.3, 0.1), (0.05, 0.05)])
+def test_solo_lars_clip_caps_the_layer_step_at_lr(lr: float, step: float):
+    """solo/utils/lars.py:142-150 with clip_lr, weight decay 0: lars_lr = eta ||w|| / ||g||,
+    clipped to min(lars_lr / lr, 1), update lr * lars_lr * g. ||w|| = 5, ||g|| = 1, eta 0.02:
+    eta ||w|| / ||g|| = 0.1, so the step is min(0.1, lr) * g (momentum: first step = update)."""
+    from selfsup.optim import LARS
+
+    w = nn.Parameter(torch.tensor([[3.0, 4.0]]))
+    w.grad = torch.tensor([[0.6, 0.8]])
+    LARS([w], lr=lr, momentum=0.9, weight_decay=0.0, eta=0.02, clip=True).step()
+    torch.testing.assert_close(w.detach(), torch.tensor([[3.0, 4.0]]) - step * w.grad)
+    assert _config(solo=True).optim.lars_clip and not _config().optim.lars_clip
+
+
 # ------------------------------------------------------------------ linear evaluation
 def test_eval_optimizer_is_plain_sgd_with_per_epoch_cosine():
     """eval.py:20-23, 54: SGD(lr=0.02, weight_decay=1e-6) (momentum 0, no Nesterov),
