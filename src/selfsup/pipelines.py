@@ -272,6 +272,20 @@ class Features:
     test_y: torch.Tensor
 
 
+def labeled_splits(
+    config: RunConfig, data_dir: str | Path | None = None
+) -> tuple[AnyDataset, AnyDataset]:
+    """The (train, test) splits a probe uses; ConfigError for a dataset without labels."""
+    spec = dataset_spec(config.data.name)
+    if spec.num_classes <= 0:
+        raise ConfigError(
+            f"Dataset {spec.name} has no labels, so probes cannot be trained on it. Evaluate on a "
+            "labeled dataset."
+        )
+    return (load_split(config, spec.train_split, data_dir),
+            load_split(config, spec.test_split, data_dir))
+
+
 def run_features(
     method: Method,
     data_dir: str | Path | None = None,
@@ -281,15 +295,7 @@ def run_features(
     """Frozen representations of the train and test splits (labeled samples only)."""
     from selfsup.evaluate import extract_features
 
-    config = method.config
-    spec = dataset_spec(config.data.name)
-    if spec.num_classes <= 0:
-        raise ConfigError(
-            f"Dataset {spec.name} has no labels, so probes cannot be trained on it. Evaluate on a "
-            "labeled dataset."
-        )
-    train_set = load_split(config, spec.train_split, data_dir)
-    test_set = load_split(config, spec.test_split, data_dir)
+    train_set, test_set = labeled_splits(method.config, data_dir)
     was_training = method.training
     method.eval()  # frozen encoder: batch norm uses its running statistics and keeps them
     try:
@@ -367,19 +373,13 @@ def evaluate_augmented_linear(
     from selfsup.evaluate.linear_protocol import augmented_linear_protocol
 
     config = method.config
-    spec = dataset_spec(config.data.name)
-    if spec.num_classes <= 0:
-        raise ConfigError(
-            f"Dataset {spec.name} has no labels, so probes cannot be trained on it. Evaluate on a "
-            "labeled dataset."
-        )
     options = {k: v for k, v in options.items() if k != "protocol"}
-    train_set = load_split(config, spec.train_split, data_dir)
-    test_set = load_split(config, spec.test_split, data_dir)
+    train_set, test_set = labeled_splits(config, data_dir)
     started = time.perf_counter()
     try:
         result = augmented_linear_protocol(
-            method.to(device), train_set, test_set, num_classes=spec.num_classes, seed=seed,
+            method.to(device), train_set, test_set,
+            num_classes=dataset_spec(config.data.name).num_classes, seed=seed,
             device=device, **options,
         )
     except TypeError as exc:
