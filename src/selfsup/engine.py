@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,27 @@ def make_loader(
 
 # ------------------------------------------------------------------------------------ callbacks
 class TrainingAborted(Exception):
-    """A second Ctrl-C (or one before training started): stop at once, without a checkpoint."""
+    """A second Ctrl-C (or one before the first step): stop at once, without a checkpoint."""
+
+
+class _Critical:
+    """Code a stop must not cut short (writing a checkpoint): an abort requested inside it is
+    raised when it ends."""
+
+    depth = 0
+    pending = False
+
+    @classmethod
+    @contextmanager
+    def section(cls) -> Iterator[None]:
+        cls.depth += 1
+        try:
+            yield
+        finally:
+            cls.depth -= 1
+        if cls.depth == 0 and cls.pending:
+            cls.pending = False
+            raise TrainingAborted("stopped after the checkpoint being written was complete")
 
 
 class DataPosition(Callback):
@@ -201,12 +222,21 @@ class GracefulStop(Callback):
         self.checkpoint_dir = checkpoint_dir
         self.requested: int | None = None
         self.started = False
+        self.finishing = False  # training is over: let the session be saved and recorded
+        self.aborting = False  # an abort was requested (whatever exception it surfaces as)
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
+        if self.finishing:
+            print("selfsup: stopping: recording the session first.", file=sys.stderr)
+            return
         if self.requested is not None or not self.started:
+            self.aborting = True
             for sig, previous in self._previous.items():  # a third signal: the default action
                 signal.signal(sig, previous)
+            if _Critical.depth:
+                _Critical.pending = True
+                return
             raise TrainingAborted(signum)
         self.requested = signum
 
@@ -224,6 +254,8 @@ class GracefulStop(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = True
+        for sig in self._previous:  # Lightning installed its own SIGTERM handler meanwhile
+            signal.signal(sig, self._handler)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *a: Any) -> None:
         if self.requested is not None and not trainer.should_stop:
@@ -251,7 +283,9 @@ class RecordCheckpoint(Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: Any
     ) -> None:
-        self.step, self.epoch = trainer.global_step, int(ckpt.get("epoch", trainer.current_epoch))
+        batches = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        self.step = trainer.global_step
+        self.epoch = batches // max(1, int(trainer.num_training_batches))  # epochs completed
         if isinstance(pl_module, Method):
             pl_module.last_checkpoint = str(self.checkpoint_dir / LAST)
 
@@ -273,6 +307,11 @@ class RunCheckpoints(ModelCheckpoint):
         )
         self.folder = RunFolder(checkpoint_dir.parent)
         self.keep = keep
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: ``fit`` writes ``last.ckpt`` at the end of a session itself, and after a
+        Ctrl-C Lightning's end-of-training save would overwrite the mid-epoch checkpoint
+        :class:`GracefulStop` wrote with a state whose epoch counts as finished."""
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
@@ -297,7 +336,8 @@ class AtomicCheckpointIO(CheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
-        save_atomically(lambda handle: torch.save(checkpoint, handle), Path(path))
+        with _Critical.section():
+            save_atomically(lambda handle: torch.save(checkpoint, handle), Path(path))
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: Any = None
@@ -466,7 +506,6 @@ class Position:
     global_step: int
     batches: int
     log_step: int
-    epoch: int = 0
 
     @classmethod
     def of(cls, checkpoint: dict[str, Any]) -> Position:
@@ -481,7 +520,7 @@ class Position:
             log_step = int(loop["epoch_loop.state_dict"]["_batches_that_stepped"]) + pending
         except (KeyError, TypeError, ValueError):
             log_step = batches
-        return cls(step, batches, log_step, int(checkpoint.get("epoch", 0)))
+        return cls(step, batches, log_step)
 
 
 def check_work_left(config: RunConfig, position: Position, steps_per_epoch: int,
@@ -536,8 +575,9 @@ def fit(
     checking that there is something left to train; ``metrics.csv`` and TensorBoard continue
     from the checkpoint's step. ``before_training`` runs once all checks have passed.
 
-    A second Ctrl-C returns a result with ``aborted`` set (the last checkpoint on disk is where a
-    resume starts). Any other error gets the session's numbers attached as ``exc.train_result``.
+    Every session that leaves a checkpoint is recorded in ``training.json`` (also one that
+    fails, with its error). A second Ctrl-C returns a result with ``aborted`` set (the last
+    checkpoint on disk is where a resume starts).
     """
     config = method.config
     tcfg = config.trainer
@@ -609,7 +649,7 @@ def fit(
     if resume and trainer.is_global_zero:
         folder.truncate_metrics(position.log_step)  # rows a killed session logged after it
     saved = next(c for c in trainer.callbacks if isinstance(c, RecordCheckpoint))
-    saved.step, saved.epoch = position.global_step, position.epoch
+    saved.step, saved.epoch = position.global_step, position.batches // len(loader)
     stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
     counter = next(c for c in trainer.callbacks if isinstance(c, SampleCounter))
     aborted = False
@@ -617,45 +657,52 @@ def fit(
     started = time.perf_counter()
     stop.install()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*sync_dist.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
-            warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-            warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists.*")
-            trainer.fit(
-                method,
-                train_dataloaders=loader,
-                val_dataloaders=val_loader,
-                ckpt_path=str(folder.last_checkpoint) if resume else None,
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*sync_dist.*")
+                warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+                warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+                warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+                warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists.*")
+                trainer.fit(
+                    method,
+                    train_dataloaders=loader,
+                    val_dataloaders=val_loader,
+                    ckpt_path=str(folder.last_checkpoint) if resume else None,
+                )
+        except TrainingAborted:
+            aborted = True
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the session is recorded
+            if stop.aborting:  # the abort surfaced as another error (e.g. inside a library)
+                aborted = True
+            else:
+                error = exc
+        stop.finishing = True  # a Ctrl-C from here on waits for the session to be recorded
+        seconds = time.perf_counter() - started
+        interrupted = aborted or stop.requested is not None
+        last = folder.last_checkpoint
+        if not interrupted and error is None:
+            trainer.save_checkpoint(last, weights_only=False)  # a collective under DDP
+        lost = aborted or error is not None  # the steps after the newest checkpoint are not kept
+        result = TrainResult(
+            run_dir=run_dir,
+            last_checkpoint=last,
+            global_step=saved.step if lost else trainer.global_step,
+            epochs=saved.epoch if lost else trainer.current_epoch,
+            seconds=seconds,
+            samples_per_second=counter.samples / max(seconds, 1e-9),
+            interrupted=interrupted,
+            start_step=position.global_step,
+            samples=counter.samples,
+            aborted=aborted,
+        )
+        if trainer.is_global_zero and folder.has_checkpoint():  # a failed start keeps nothing
+            folder.record_session(
+                result, error=None if error is None else f"{type(error).__name__}: {error}"
             )
-    except TrainingAborted:
-        aborted = True
-    except Exception as exc:  # noqa: BLE001 - re-raised below with the session attached
-        error = exc
     finally:
         stop.restore()
-    seconds = time.perf_counter() - started
-    interrupted = aborted or stop.requested is not None
-    last = folder.last_checkpoint
-    if not interrupted and error is None:
-        trainer.save_checkpoint(last, weights_only=False)  # a collective under DDP: rank 0 writes
-    saved = next(c for c in trainer.callbacks if isinstance(c, RecordCheckpoint))
-    lost = aborted or error is not None  # the steps after the newest checkpoint are not kept
-    result = TrainResult(
-        run_dir=run_dir,
-        last_checkpoint=last,
-        global_step=saved.step if lost else trainer.global_step,
-        epochs=saved.epoch if lost else trainer.current_epoch,
-        seconds=seconds,
-        samples_per_second=counter.samples / max(seconds, 1e-9),
-        interrupted=interrupted,
-        start_step=position.global_step,
-        samples=counter.samples,
-        aborted=aborted,
-    )
     if error is not None:
-        error.train_result = result  # type: ignore[attr-defined]
         raise error
     return result

@@ -293,24 +293,15 @@ def _session(
     resume: bool,
     before_training: Any,
 ) -> TrainResult:
-    """One training session: fit, then record it in ``training.json`` (also when it fails after
-    a checkpoint was written, with the error, so that the run's history stays complete)."""
-    worker = is_launched_worker()
-    try:
-        result = fit(method, train_set, test_set, folder.path, resume=resume,
-                     before_training=before_training)
-    except Exception as exc:
-        partial = getattr(exc, "train_result", None)
-        if partial is not None and not worker and folder.has_checkpoint():
-            folder.record_session(partial, error=f"{type(exc).__name__}: {exc}")
-        raise
+    """One training session (``fit`` records it in ``training.json``); a stop before the first
+    checkpoint is a :class:`TrainingStopped` (the caller removes the folder)."""
+    result = fit(method, train_set, test_set, folder.path, resume=resume,
+                 before_training=before_training)
     if result.aborted and not folder.has_checkpoint():
         raise TrainingStopped(
             "Training was stopped (Ctrl-C) before its first checkpoint, so there is nothing to "
             f"resume; the run folder {folder.path} was removed. Start the run again to train it."
         )
-    if not worker:
-        folder.record_session(result)
     return result
 
 

@@ -273,10 +273,11 @@ class RunFolder:
         return self.is_run() and not self.has_checkpoint()
 
     def foreign_entries(self) -> list[str]:
-        """Names in the folder that a run does not write (a folder of other files)."""
+        """Names in the folder that are not a run's: everything, when there is no run config
+        (a ``metrics.csv`` of the user's is not ours to overwrite)."""
         if not self.path.is_dir():
             return []
-        known = set(RUN_ENTRIES) | {EVAL_DIR, *LEGACY_EVAL_FILES}
+        known = set(RUN_ENTRIES) | {EVAL_DIR, *LEGACY_EVAL_FILES} if self.is_run() else set()
         return sorted(p.name for p in self.path.iterdir() if p.name not in known)
 
     def check_writable(self, purpose: str, advice: str) -> None:
@@ -448,11 +449,11 @@ class RunFolder:
                 f"{self.path} already holds a run. Continue it with `selfsup train --resume "
                 f"{self.path}`, or choose a new folder with --out."
             )
-        if self.is_failed_start():
+        foreign = self.foreign_entries()
+        if self.is_failed_start() and not foreign:
             self.remove_run_files()
             note = (f"{self.path} held a run that stopped before its first checkpoint; its files "
                     "were replaced by this run.")
-        foreign = self.foreign_entries()
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise RunError(
