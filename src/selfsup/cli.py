@@ -407,9 +407,10 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from selfsup import pipelines
+    from selfsup.rundir import RunFolder
 
     out = Path(args.out)
-    if (out / pipelines.CONFIG_FILE).exists():
+    if RunFolder(out).is_run():
         import shutil
 
         shutil.rmtree(out)
@@ -432,7 +433,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "train_seconds": round(result.seconds, 2),
         "linear_probe_accuracy": evaluation["accuracy"],
         "run_dir": str(out),
-        "images": str(out / "images"),
+        "images": str(RunFolder(out).image_dir),
     }
     _emit(summary, args.json, "Demo: VAE on scikit-learn digits (no download).")
     return 0
@@ -607,13 +608,15 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     exp = sub.add_parser(
         "export",
         help="write a run's frozen encoder for use elsewhere (safetensors, TorchScript, ONNX)",
-        description="Write the frozen encoder of a run (the representation the probes use) to "
-        "FILE, and FILE.json describing how to build and feed it (input shape, [0, 1] scaling, "
-        "normalisation). safetensors: the weights only; for torchvision ResNet backbones the "
-        "keys load into torchvision.models.resnet18/34/50 after the layers the JSON names are "
-        "replaced (e.g. the CIFAR stem). torchscript and onnx: the whole computation including "
-        "the preprocessing, for use without selfsup (onnx needs `pip install onnx`). Every "
-        "export is checked to reproduce the run's features before it is written.",
+        description="Write the frozen encoder of a run (the representation the probes use) to\n"
+        "FILE, and FILE.json describing how to build and feed it (input shape, [0, 1]\n"
+        "scaling, normalisation).\n\n"
+        "  safetensors  the weights only; for torchvision ResNet backbones the keys load into\n"
+        "               torchvision.models.resnet18/34/50 once the layers FILE.json names are\n"
+        "               replaced (e.g. the CIFAR stem)\n"
+        "  torchscript  the whole computation with the preprocessing (torch.jit.load)\n"
+        "  onnx         the same for onnxruntime (needs `pip install onnx onnxruntime`)\n\n"
+        "Every export is checked to reproduce the run's features before the command returns.",
         epilog="examples:\n  selfsup export --run runs/vicreg-cifar10 --out vicreg.safetensors\n"
         "  selfsup export --run runs/vae-mnist --out vae.pt --format torchscript\n"
         "  selfsup export --run runs/vae-mnist --out vae.onnx --format onnx",

@@ -14,8 +14,8 @@ flattened to (N, D) float32, for images (N, C, H, W) given as uint8 (0..255) or 
 - ``torchscript``: a traced module including the preprocessing (``torch.jit.load``).
 - ``onnx``: the same graph for onnxruntime and other runtimes (needs the ``onnx`` package).
 
-Every export is checked before it is written: the exported network must reproduce the features
-of the run's own encoder.
+Every export is checked before this returns: the exported network must reproduce the features of
+the run's own encoder (to 1e-5), else the file is removed again and the error says so.
 """
 
 from __future__ import annotations
@@ -269,6 +269,9 @@ def export_encoder(
     except OSError as exc:
         raise RunError(f"Cannot write the export to {out} ({exc.strerror or exc}). Choose "
                        "another --out.") from None
+    except RunError:  # the check failed: leave nothing that looks usable
+        out.unlink(missing_ok=True)
+        raise
     spec["json"] = str(json_path)
     return spec
 

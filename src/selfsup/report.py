@@ -23,10 +23,15 @@ from typing import Any
 from selfsup.errors import ConfigError, RunError
 
 # The run folder's files are read and written by selfsup.rundir; these names stay importable here.
-from selfsup.rundir import RunFolder, eval_name, record_training, save_evaluation  # noqa: F401
+from selfsup.rundir import (  # noqa: F401
+    EVAL_DIR,
+    TRAINING_FILE,
+    RunFolder,
+    eval_name,
+    record_training,
+    save_evaluation,
+)
 
-EVAL_DIR = "eval"
-TRAINING_FILE = "training.json"
 FORMATS = ("html", "md")
 FIGURE_ORDER = (
     "loss_curves",
