@@ -12,21 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_vae_flags
 from selfsup import cli, pipelines
 from selfsup.errors import DataError
 from selfsup.evaluate.features import frozen_features
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1))
-    pipelines.train(config, root / "vae")
-    return root / "vae"
 
 
 def _eval_features(run: Path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,22 +70,23 @@ def test_resnet_export_loads_into_torchvision(tmp_path, capsys):
     assert torch.allclose(got, expected, atol=TOL, rtol=TOL)
 
 
-def test_torchscript_onnx_and_selfsup_layout_match_eval_features(vae_run, tmp_path, capsys):
+def test_torchscript_onnx_and_selfsup_layout_match_eval_features(trained_vae, tmp_path, capsys):
+    from safetensors.torch import load_file
+
     from selfsup.export import load_encoder
 
-    images, expected = _eval_features(vae_run)
+    images, expected = _eval_features(trained_vae)
     x = images.float() / 255.0
     st = tmp_path / "vae.safetensors"
-    assert cli.main(["export", "--run", str(vae_run), "--out", str(st)]) == 0
+    assert cli.main(["export", "--run", str(trained_vae), "--out", str(st)]) == 0
     spec = json.loads(Path(f"{st}.json").read_text())
     assert spec["layout"] == "selfsup" and spec["modules"] == ["encoder"]  # no decoder weights
-    assert all(k.startswith("encoder.") for k in __import__("safetensors.torch").torch.load_file(
-        str(st)))
+    assert all(k.startswith("encoder.") for k in load_file(str(st)))
     with torch.no_grad():
         assert torch.allclose(load_encoder(st)(x), expected, atol=TOL, rtol=TOL)
         assert torch.allclose(load_encoder(st)(images), expected, atol=TOL, rtol=TOL)  # uint8
     ts = tmp_path / "vae.pt"
-    assert cli.main(["export", "--run", str(vae_run), "--out", str(ts), "--format",
+    assert cli.main(["export", "--run", str(trained_vae), "--out", str(ts), "--format",
                      "torchscript"]) == 0
     module = torch.jit.load(str(ts))
     with torch.no_grad():
@@ -104,14 +96,14 @@ def test_torchscript_onnx_and_selfsup_layout_match_eval_features(vae_run, tmp_pa
     import onnxruntime
 
     onnx_file = tmp_path / "vae.onnx"
-    assert cli.main(["export", "--run", str(vae_run), "--out", str(onnx_file), "--format",
+    assert cli.main(["export", "--run", str(trained_vae), "--out", str(onnx_file), "--format",
                      "onnx"]) == 0
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     assert torch.allclose(got, expected, atol=TOL, rtol=TOL)
 
 
-def test_export_help_and_errors(vae_run, tmp_path, capsys):
+def test_export_help_and_errors(trained_vae, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["export", "--help"])
     assert info.value.code == 0
@@ -121,11 +113,11 @@ def test_export_help_and_errors(vae_run, tmp_path, capsys):
     assert "not a selfsup run folder" in capsys.readouterr().err
 
 
-def test_run_embed_takes_any_image_layout(vae_run):
+def test_run_embed_takes_any_image_layout(trained_vae):
     import selfsup
 
-    run = selfsup.load_run(vae_run)
-    images, expected = _eval_features(vae_run)
+    run = selfsup.load_run(trained_vae)
+    images, expected = _eval_features(trained_vae)
     assert run.config.method == "vae" and run.image_shape == (1, 8, 8)
     assert torch.allclose(run.embed(images, batch_size=7), expected, atol=TOL)
     assert torch.allclose(run.embed(images.float() / 255), expected, atol=TOL)

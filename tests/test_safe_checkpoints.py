@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_vae_flags
 from selfsup import cli, engine, pipelines
 from selfsup.rundir import ALLOWED_GLOBALS, UnsafeCheckpointError, _pickle_globals, load_checkpoint
 
@@ -23,14 +22,6 @@ class WritesMarker:
 
     def __reduce__(self):
         return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
-
-
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safe")
-    config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1))
-    pipelines.train(config, root / "run")
-    return root / "run"
 
 
 def _crafted(run: Path, tmp_path: Path, payload: str) -> tuple[Path, Path]:
@@ -52,8 +43,8 @@ def _crafted(run: Path, tmp_path: Path, payload: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("payload", ["reduce", "function"])
-def test_crafted_checkpoint_is_refused_by_every_command(vae_run, tmp_path, capsys, payload):
-    run, marker = _crafted(vae_run, tmp_path, payload)
+def test_crafted_checkpoint_is_refused_by_every_command(trained_vae, tmp_path, capsys, payload):
+    run, marker = _crafted(trained_vae, tmp_path, payload)
     with pytest.raises(pickle.UnpicklingError):  # the payload is real: plain torch refuses too
         torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     commands = {
@@ -104,14 +95,14 @@ def test_checkpoints_of_every_method_load_safely(tmp_path):
             assert torch.equal(value.cpu(), loaded.state_dict()[key]), (name, key)
 
 
-def test_gpu_checkpoint_loads_and_resumes_on_the_cpu(vae_run, tmp_path):
+def test_gpu_checkpoint_loads_and_resumes_on_the_cpu(trained_vae, tmp_path):
     """Tensors tagged as CUDA storages (as a GPU run writes them) are mapped to the CPU."""
     import shutil
 
     import torch.serialization as ser
 
     run = tmp_path / "gpu-run"
-    shutil.copytree(vae_run, run)
+    shutil.copytree(trained_vae, run)
     path = run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(path, weights_only=True)
     entry = (0, lambda obj: "cuda:0" if obj.device.type == "cpu" else None, lambda o, loc: None)
