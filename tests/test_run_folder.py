@@ -51,10 +51,9 @@ def _sessions(run: Path) -> list[dict]:
 
 # ------------------------------------------------------------------ items 1, 3, 4, 14: Ctrl-C
 def test_ctrl_c_then_resume_keeps_every_session(tmp_path):
-    """SIGINT in epoch 1, resume, SIGINT in epoch 3, resume to the end: metrics.csv,
-    TensorBoard and the loss curve cover every step exactly once, training.json records every
-    session with exact sample counts, and the checkpoints are last.ckpt plus the newest three
-    periodic ones."""
+    """SIGINT in epoch 2, resume to the end: metrics.csv, TensorBoard and the loss curve cover
+    every step of both sessions exactly once, training.json records both sessions with exact
+    sample counts, and the checkpoints are last.ckpt plus the newest three periodic ones."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from selfsup.plots import read_metrics
@@ -62,38 +61,32 @@ def test_ctrl_c_then_resume_keeps_every_session(tmp_path):
     run = tmp_path / "run"
     epochs = 5
     train = subprocess.Popen(
-        _selfsup("train", "vae", "--out", str(run), "--epochs", str(epochs), "--set",
-                 "trainer.log_every=1", "--set", "trainer.plot_every=100", "--set",
+        _selfsup("train", "vae", "--out", str(run), "--epochs", "100", "--set",
+                 "trainer.log_every=1", "--set", "trainer.plot_every=1000", "--set",
                  "trainer.embedding_plot=none", *TINY),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    _wait_for(run / "checkpoints" / "epoch=0000.ckpt", train)
+    _wait_for(run / "checkpoints" / "epoch=0001.ckpt", train)
     train.send_signal(signal.SIGINT)
     out, err = train.communicate(timeout=120)
     assert train.returncode == 0 and "interrupted" in out, err[-2000:]
     first = _sessions(run)[0]
-    assert first["interrupted"] and first["global_step"] >= STEPS
+    assert first["interrupted"] and 2 * STEPS <= first["global_step"] < epochs * STEPS
 
-    resumed = subprocess.Popen(_selfsup("train", "--resume", str(run), "--no-progress"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run / "checkpoints" / "epoch=0002.ckpt", resumed)
-    resumed.send_signal(signal.SIGINT)
-    out, err = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, err[-2000:]
-    assert len(_sessions(run)) == 2
-
-    done = subprocess.run(_selfsup("train", "--resume", str(run), "--json"),
+    # the first session was set to 100 epochs so that it is surely interrupted; finish at 5
+    done = subprocess.run(_selfsup("train", "--resume", str(run), "--epochs", str(epochs),
+                                   "--json"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     sessions = _sessions(run)
-    assert len(sessions) == 3 and sessions[-1]["global_step"] == epochs * STEPS
+    assert len(sessions) == 2 and sessions[-1]["global_step"] == epochs * STEPS
     for session in sessions:  # item 14: samples counted, not steps x batch since step 0
         assert session["samples"] == (session["global_step"] - session["start_step"]) * 64
     assert json.loads(done.stdout)["samples_per_second"] == pytest.approx(
         sessions[-1]["samples"] / sessions[-1]["seconds"], rel=0.01)
 
     steps = _step_rows(run)
-    assert sorted(steps) == list(range(epochs * STEPS))  # every step once, across 3 sessions
+    assert sorted(steps) == list(range(epochs * STEPS))  # every step once, across both sessions
     curve = dict(read_metrics(run / "metrics.csv"))["train/loss_step"]
     assert [s for s, _ in curve][:3] == [0, 1, 2] and len(curve) == epochs * STEPS
     assert (run / "images" / "loss_curves.png").is_file()
