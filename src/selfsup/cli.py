@@ -173,7 +173,7 @@ def _resume(args: argparse.Namespace, extra: list[str]) -> Any:
             f"--resume continues the run in its own folder with its saved method, dataset and "
             f"configuration, so {', '.join(fixed)} cannot be given with it. Options a resume "
             "accepts: --epochs, --data-dir, --download, --accelerator, --no-progress, --json and "
-            "--set KEY=VALUE for the keys listed in `selfsup train --help`."
+            f"--set KEY=VALUE for {', '.join(sorted(pipelines.RESUME_KEYS))}."
         )
     sets, given_as = [], {}
     for name, key in RESUME_FLAGS.items():

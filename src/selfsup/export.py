@@ -21,6 +21,7 @@ the run's own encoder (to 1e-5), else the file is removed again and the error sa
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -301,6 +302,9 @@ def _write_safetensors(encoder: FrozenEncoder, kept: list[str], out: Path, examp
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     save_file(tensors, str(out), metadata={"format": "selfsup-encoder",
                                            "layout": "torchvision" if layout else "selfsup"})
+    umask = os.umask(0)
+    os.umask(umask)
+    out.chmod(0o666 & ~umask)  # safetensors creates the file private; make it a normal file
     info: dict[str, Any] = {"keys": len(tensors)}
     if layout is not None:
         info["layout"] = "torchvision"
