@@ -25,7 +25,7 @@ EPILOG = """examples:
   selfsup train vae --dataset digits --beta 4 --set optim.lr=3e-4
   selfsup train --resume runs/vae-mnist --epochs 20
   selfsup eval linear --run runs/vae-mnist --json
-  selfsup eval linear --run runs/vicreg-cifar10 --protocol sgd --epochs 50
+  selfsup eval linear --run runs/vicreg-cifar10 --protocol sgd-augmented
   selfsup generate --run runs/vae-mnist --n 64 --out samples/
   selfsup generate --run runs/hvae-mnist --mode limiting --steps 1000 --n 1000 --out gen/
   selfsup fid gen/samples ref/ --inception-weights inception.pt --json
@@ -193,6 +193,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup import pipelines
     from selfsup.rundir import RunFolder
 
+    if args.test_unnormalized and (args.probe, args.protocol) != ("linear", "sgd-augmented"):
+        raise ConfigError("--test-unnormalized applies to `eval linear --protocol sgd-augmented`.")
     RunFolder(args.run).check_eval_writable()  # before computing: a result is never lost
     method = pipelines.load_run(args.run, device=args.device)
     if args.probe == "factors":
@@ -206,6 +208,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.probe != "linear":
             raise ConfigError("--protocol applies to `selfsup eval linear` only.")
         options["protocol"] = args.protocol
+    if args.test_unnormalized:
+        options["normalize_test"] = False
     for key in ("epochs", "lr", "batch_size"):
         value = getattr(args, key)
         if value is None:
@@ -518,10 +522,17 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
-        "--protocol", choices=["lbfgs", "sgd", "adam"],
+        "--protocol", choices=["lbfgs", "sgd", "adam", "sgd-augmented"],
         help="linear only: lbfgs (default; weight decay chosen on a validation split) or the "
         "papers' fixed-epoch protocol: a linear layer trained by SGD (Nesterov) or Adam with a "
-        "cosine schedule, e.g. --protocol sgd --epochs 50",
+        "cosine schedule, e.g. --protocol sgd --epochs 50; sgd-augmented: augustwester/vicreg's "
+        "eval.py (plain SGD lr 0.02, weight decay 1e-6, 50 epochs, cosine per epoch, on "
+        "randomly cropped and flipped training images through the frozen encoder)",
+    )
+    ev.add_argument(
+        "--test-unnormalized", action="store_true",
+        help="sgd-augmented only: score un-normalised test images, as the original eval.py does "
+        "(a bug there)",
     )
     ev.add_argument("--epochs", type=int, help="epochs of the SGD/Adam protocol or MLP probe")
     ev.add_argument("--lr", type=float, help="base learning rate (protocol: scaled by batch/256)")
