@@ -160,8 +160,8 @@ def describe_preprocessing(method: Any) -> dict[str, Any]:
 
 
 def _torchvision_layout(encoder: FrozenEncoder, kept: list[str]) -> dict[str, Any] | None:
-    """When the representation is exactly a torchvision ResNet's output: how to build that
-    ResNet with torchvision, and the prefix its keys have in the method."""
+    """When the representation is exactly what a stock torchvision ResNet computes (checked by
+    building one and running it): how to build it, and the prefix its keys have in the method."""
     import torchvision
 
     nets = [n for n in kept if n != "augment"]
@@ -182,18 +182,27 @@ def _torchvision_layout(encoder: FrozenEncoder, kept: list[str]) -> dict[str, An
         "padding": conv.padding[0], "bias": conv.bias is not None,
     }
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    classes = net.fc.out_features if isinstance(net.fc, nn.Linear) else None  # fc kept as output
+    args = "weights=None" + (f", num_classes={classes}" if classes else "")
     for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-        ref = getattr(torchvision.models, name)(weights=None)
+        ref = getattr(torchvision.models, name)(weights=None, num_classes=classes or 1000)
         ref.conv1 = nn.Conv2d(conv1["in_channels"], conv1["out_channels"], conv1["kernel_size"],
                               conv1["stride"], conv1["padding"], bias=conv1["bias"])
         if isinstance(net.maxpool, nn.Identity):
             ref.maxpool = nn.Identity()
-        ref.fc = nn.Identity()
+        if classes is None:
+            ref.fc = nn.Identity()
         if {k: tuple(v.shape) for k, v in ref.state_dict().items()} == own:
             break
     else:
         return None
-    replaced = {"fc": "torch.nn.Identity()  # the features are the pooled output"}
+    ref.load_state_dict(net.state_dict())  # torchvision's own forward must give the features
+    ref = ref.to(direct.device).eval()
+    with torch.no_grad():
+        rebuilt = ref(encoder.method.preprocess(example)).float().flatten(1)
+    if not torch.allclose(rebuilt, direct, atol=TOLERANCE, rtol=TOLERANCE):
+        return None  # a modified ResNet (e.g. another block): keep the method's own layout
+    replaced = {} if classes else {"fc": "torch.nn.Identity()  # the features: pooled output"}
     standard = (conv1["in_channels"], conv1["kernel_size"], conv1["stride"]) == (3, 7, 2)
     if not standard or conv1["padding"] != 3 or conv1["bias"]:
         replaced["conv1"] = (
@@ -204,12 +213,12 @@ def _torchvision_layout(encoder: FrozenEncoder, kept: list[str]) -> dict[str, An
     if isinstance(net.maxpool, nn.Identity):
         replaced["maxpool"] = "torch.nn.Identity()"
     python = "\n".join(
-        [f"model = torchvision.models.{name}(weights=None)"]
+        [f"model = torchvision.models.{name}({args})"]
         + [f"model.{layer} = {code.split('  #')[0]}" for layer, code in replaced.items()]
         + ["model.load_state_dict(safetensors.torch.load_file(FILE))", "model.eval()"]
     )
-    return {"constructor": f"torchvision.models.{name}", "prefix": f"{nets[0]}.",
-            "replace": replaced, "conv1": conv1,
+    return {"constructor": f"torchvision.models.{name}", "arguments": args,
+            "num_classes": classes, "prefix": f"{nets[0]}.", "replace": replaced, "conv1": conv1,
             "maxpool": "identity" if isinstance(net.maxpool, nn.Identity) else "torchvision",
             "python": python}
 
