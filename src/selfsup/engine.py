@@ -29,6 +29,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from selfsup.config import RunConfig
 from selfsup.data.base import AnyDataset, DataInfo, ImageDataset
@@ -331,6 +332,7 @@ class AppendingCSVLogger(CSVLogger):
     """A CSVLogger whose ``metrics.csv`` covers every training session of a run."""
 
     @property
+    @rank_zero_experiment  # other processes get a dummy: they create nothing in the run folder
     def experiment(self) -> _AppendingWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
