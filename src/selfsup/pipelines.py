@@ -463,7 +463,7 @@ def run_fid(
     started = time.perf_counter()
     model = fid.load_inception(weights, device)
     config = method.config
-    binarize = getattr(config.model, "binarize", None)
+    binarize = config.augment.binarize
     key = f"{config.data.name}-test-n{n_ref}-binarize{binarize}"
 
     def compute_reference() -> tuple[Any, Any]:
