@@ -4,8 +4,8 @@ Inputs are normalised per channel, x = (u - mean) / std (``augment.normalize``; 
 mean/std come from the data layer, :func:`selfsup.data.preprocess.dataset_stats`). The clean
 image x is the dataset's preprocessed image (:meth:`Method.preprocess`; on STL-10 the preset
 declares Resize(105) + CenterCrop(96), ``augment.clean_resize``). The encoder sees an augmented
-view (``denoising: true``) or the clean image, h = f(x_in); a head Linear(h, h)-BN-ReLU followed by two
-bias-free Linear(h, latent) layers gives (mu, logvar) of q(z|x_in) = N(mu, std^2) with
+view (``denoising: true``) or the clean image, h = f(x_in); a head Linear(h, h)-BN-ReLU followed
+by two bias-free Linear(h, latent) layers gives (mu, logvar) of q(z|x_in) = N(mu, std^2) with
 std = e^(logvar/2) + 1e-6. One z = mu + std * eps is decoded to x_hat and scored against the
 **clean** normalised image under p(x|z) = N(x_hat, sigma_x^2), sigma_x = e^(log_scale/2) + 1e-6
 (``log_scale`` is a log-variance, fixed at 0 unless ``learn_log_scale``). Per sample

@@ -63,7 +63,8 @@ def build_encoder(
     if kind.startswith("resnet"):
         from selfsup.nets.resnet import resnet_backbone
 
-        body, feat = resnet_backbone(kind, stem=resnet_stem(image_shape), in_channels=image_shape[0])
+        stem = resnet_stem(image_shape)
+        body, feat = resnet_backbone(kind, stem=stem, in_channels=image_shape[0])
         if out_dim is None:
             return body, feat
         return nn.Sequential(body, nn.Linear(feat, out_dim)), out_dim
