@@ -115,12 +115,16 @@ class SimVAE(GaussianEncoderDecoder):
     @classmethod
     def default_config(cls, info: DataInfo) -> dict[str, Any]:
         """The released augmentations: random resized crop (scale 0.4 grey / 0.6 colour), vflip,
-        and for colour images ColorJitter(0.8, 0.8, 0.8, 0.2) always applied."""
+        and for colour images ColorJitter(0.8, 0.8, 0.8, 0.2) always applied, before the crop
+        (the CIFAR-10 preset also resizes to 256 px first, as released)."""
         augment: dict[str, Any] = {"crop_ratio": [0.75, 1.3], "vflip": 0.5}
         if info.image_shape[0] == 1:
             augment["crop_scale"] = [0.4, 1.0]
         else:
-            augment.update(crop_scale=[0.6, 1.0], jitter=[0.8, 0.8, 0.8, 0.2], jitter_prob=1.0)
+            augment.update(
+                crop_scale=[0.6, 1.0], jitter=[0.8, 0.8, 0.8, 0.2], jitter_prob=1.0,
+                jitter_first=True,
+            )
         return {"augment": augment}
 
     def decoder_output(self, z: Tensor) -> Tensor:
