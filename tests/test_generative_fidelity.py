@@ -460,3 +460,24 @@ def test_gmm_is_fit_on_train_and_scored_on_test() -> None:
     out = pipelines.evaluate(m, "gmm", features=pipelines.Features(tx, ty, vx, vy),
                              probe_options={"n_init": 3}, seed=1)
     assert out["cluster_accuracy"] == res["cluster_accuracy"] and out["n_fit"] == 300
+
+
+def test_cli_eval_mlp_and_linear_protocol_released(tmp_path, capsys) -> None:
+    import json
+
+    from conftest import tiny_vae_flags
+    from selfsup.cli import main
+
+    run = tmp_path / "run"
+    pipelines.train(pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1)), run)
+    capsys.readouterr()
+    for probe in ("mlp", "linear"):
+        argv = ["eval", probe, "--run", str(run), "--protocol", "released", "--epochs", "2",
+                "--lr", "1e-3", "--json"]
+        assert main(argv) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["protocol"] == "released" and result["lr"] == 1e-3
+        assert len(result["test_accuracy_per_epoch"]) == 2
+        assert (run / "eval" / f"{probe}-released.json").is_file()
+    assert main(["eval", "knn", "--run", str(run), "--protocol", "released"]) == 2
+    assert "--protocol" in capsys.readouterr().err
