@@ -481,3 +481,18 @@ def test_cli_eval_mlp_and_linear_protocol_released(tmp_path, capsys) -> None:
         assert (run / "eval" / f"{probe}-released.json").is_file()
     assert main(["eval", "knn", "--run", str(run), "--protocol", "released"]) == 2
     assert "--protocol" in capsys.readouterr().err
+
+
+def test_simvae_presets_sum_the_loss_over_the_batch_as_released() -> None:
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    totals = {}
+    for reduction in ("sum", "mean"):
+        torch.manual_seed(0)
+        m = _method("simvae", "mnist", (1, 28, 28), **{"model.batch_reduction": reduction})
+        m.step_generator.manual_seed(1)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            totals[reduction] = m.training_loss(images)
+    assert pipelines.build_config("simvae", "mnist").model.batch_reduction == "sum"
+    for key in ("loss", "reconstruction"):
+        torch.testing.assert_close(totals["sum"][key], 8 * totals["mean"][key])
