@@ -496,3 +496,15 @@ def test_simvae_presets_sum_the_loss_over_the_batch_as_released() -> None:
     assert pipelines.build_config("simvae", "mnist").model.batch_reduction == "sum"
     for key in ("loss", "reconstruction"):
         torch.testing.assert_close(totals["sum"][key], 8 * totals["mean"][key])
+
+
+def test_speed_reference_pipeline_follows_the_simvae_cifar_order() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import speed
+
+    augment = pipelines.build_config("simvae", "cifar10").augment
+    kinds = [type(t).__name__ for t in speed.torchvision_transform(augment, 32).transforms]
+    assert kinds == ["Resize", "RandomApply", "RandomResizedCrop", "RandomVerticalFlip", "ToTensor"]
