@@ -207,9 +207,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--max-samples applies to `selfsup eval factors` only.")
     options: dict = {}
     if args.protocol is not None:
-        if args.probe != "linear":
-            raise ConfigError("--protocol applies to `selfsup eval linear` only.")
+        if args.probe != "linear" and not (args.probe == "mlp" and args.protocol == "released"):
+            raise ConfigError(
+                "--protocol applies to `selfsup eval linear`, and `--protocol released` also to "
+                "`selfsup eval mlp`."
+            )
         options["protocol"] = args.protocol
+    released = options.get("protocol") == "released"
     if args.test_unnormalized:
         options["normalize_test"] = False
     for key in ("epochs", "lr", "batch_size"):
@@ -220,11 +224,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.probe == "linear" and options.get("protocol", "lbfgs") == "lbfgs"
         ):
             raise ConfigError(
-                f"--{key.replace('_', '-')} applies to the MLP probe and to the SGD/Adam linear "
-                "protocol (`selfsup eval linear --protocol sgd --epochs 50`), not to "
+                f"--{key.replace('_', '-')} applies to the MLP probe and to the SGD/Adam/released "
+                "linear protocols (`selfsup eval linear --protocol sgd --epochs 50`), not to "
                 f"{args.probe} {options.get('protocol', '')}".rstrip() + "."
             )
-        options["base_lr" if key == "lr" and args.probe == "linear" else key] = value
+        linear_lr = key == "lr" and args.probe == "linear" and not released
+        options["base_lr" if linear_lr else key] = value
     result = pipelines.evaluate(
         method, args.probe, args.data_dir, device=args.device, seed=args.seed,
         probe_options=options,
@@ -525,12 +530,14 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
-        "--protocol", choices=["lbfgs", "sgd", "adam", "sgd-augmented"],
+        "--protocol", choices=["lbfgs", "sgd", "adam", "sgd-augmented", "released"],
         help="linear only: lbfgs (default; weight decay chosen on a validation split) or the "
         "papers' fixed-epoch protocol: a linear layer trained by SGD (Nesterov) or Adam with a "
         "cosine schedule, e.g. --protocol sgd --epochs 50; sgd-augmented: augustwester/vicreg's "
         "eval.py (plain SGD lr 0.02, weight decay 1e-6, 50 epochs, cosine per epoch, on "
-        "randomly cropped and flipped training images through the frozen encoder)",
+        "randomly cropped and flipped training images through the frozen encoder); linear or "
+        "mlp: released = SimVAE's released protocol (Adam 3e-4, 200 epochs, batch 64; reports "
+        "the BEST TEST accuracy over epochs, i.e. model selection on test)",
     )
     ev.add_argument(
         "--test-unnormalized", action="store_true",
