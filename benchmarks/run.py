@@ -23,6 +23,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "hvae-mnist": ("benchmarks.hvae_mnist", "hierarchical VAE: ELBO vs symmetric learning, FID"),
     "dsprites-bottleneck": ("benchmarks.dsprites_bottleneck",
                             "BYOL continuous vs softmax bottleneck, OOD factor probes"),
+    "imagefolder-scale": ("benchmarks.imagefolder_scale",
+                          "streamed image folders: images/s and peak memory at 10k/25k/50k JPEGs"),
 }
 
 

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from selfsup import plots
-from selfsup.data.base import AnyDataset, ImageDataset
+from selfsup.data.base import AnyDataset, ImageDataset, first_images
 from selfsup.methods.base import Method
 from selfsup.rundir import RunFolder
 
@@ -41,9 +41,7 @@ def subset_indices(labels: torch.Tensor, max_points: int, seed: int = 0) -> torc
 
 def _uint8_batch(dataset: AnyDataset, n: int) -> torch.Tensor:
     """The first ``n`` images of a dataset as one uint8 (n, C, H, W) tensor."""
-    if isinstance(dataset, ImageDataset):
-        return dataset.images[:n]
-    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])  # type: ignore[index]
+    return first_images(dataset, n)
 
 
 class RunPlots(Callback):
@@ -106,7 +104,7 @@ class RunPlots(Callback):
     def _model_figures(self, method: Method, final: bool) -> dict[str, Path]:
         written: dict[str, Path] = {}
         has_images = len(self.dataset) > 0
-        if method.generative and has_images and isinstance(self.dataset, ImageDataset):
+        if method.generative and has_images:
             written.update(
                 plots.save_generative_grids(method, self.dataset, self.image_dir, self.grid_size)
             )

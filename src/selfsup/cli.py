@@ -104,6 +104,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             ("download", "data", "download"),
             ("epochs", "trainer", "epochs"),
             ("devices", "trainer", "devices"),
+            ("num_nodes", "trainer", "num_nodes"),
             ("strategy", "trainer", "strategy"),
             ("precision", "trainer", "precision"),
             ("accelerator", "trainer", "accelerator"),
@@ -155,6 +156,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 RESUME_FLAGS = {
     "data_dir": "data.dir", "download": "data.download", "epochs": "trainer.epochs",
     "batch_size": "data.batch_size", "seed": "seed", "devices": "trainer.devices",
+    "num_nodes": "trainer.num_nodes",
     "strategy": "trainer.strategy", "precision": "trainer.precision",
     "accelerator": "trainer.accelerator",
 }
@@ -506,6 +508,7 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int)
     train.add_argument("--devices", type=int)
+    train.add_argument("--num-nodes", type=int, help="machines taking part (README: Many machines)")
     train.add_argument("--strategy", help="auto or ddp")
     train.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed")
     train.add_argument("--accelerator", help="auto (default), cpu or gpu")

@@ -37,8 +37,11 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 class DataConfig:
     """Which dataset to train on and how batches are formed.
 
-    ``batch_size`` is the global batch (summed over devices); each device gets
-    ``batch_size / devices`` samples. ``train_split`` empty means the dataset's train split.
+    ``batch_size`` is the global batch (summed over all devices of all nodes); each process gets
+    ``batch_size / (devices * num_nodes)`` samples. ``train_split`` empty means the dataset's train
+    split. Streamed datasets are read by ``num_workers`` DataLoader workers per process; image
+    folders are decoded there (``decode: workers``) or on the training device with
+    ``torchvision.io.decode_jpeg`` (``decode: device``; nvJPEG on a GPU).
 
     Factor datasets (dSprites, MPI3D): ``split_scheme`` ``ood`` (train on some factor
     combinations, val/test on unseen ones) or ``iid`` (random splits of the same sizes); ``ood_k``
@@ -55,6 +58,7 @@ class DataConfig:
     root: str = "imagefolder"
     num_workers: int = 2
     on_device: bool = True
+    decode: str = "workers"
     split_scheme: str = "ood"
     ood_k: int = 0
     heldout_fraction: float = 0.1
@@ -66,6 +70,11 @@ class DataConfig:
             raise ConfigError(f"data.image_size must be >= 4 pixels, got {self.image_size}.")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}.")
+        if self.decode not in ("workers", "device"):
+            raise ConfigError(
+                f"data.decode {self.decode!r} is unknown; use workers (decode image files in the "
+                "DataLoader workers) or device (decode_jpeg on the training device, e.g. the GPU)."
+            )
         from selfsup.data.splits import check_split_options
 
         check_split_options(self.name, self.split_scheme, self.ood_k, self.heldout_fraction)
@@ -78,7 +87,9 @@ class TrainerConfig:
     ``epochs`` bounds training; ``max_steps`` > 0 stops earlier. Checkpoints are written every
     ``checkpoint_every`` epochs (the newest ``keep_checkpoints`` of them are kept) plus
     ``last.ckpt`` at each of them, at the end, and on interrupt. ``log_every`` is in optimizer
-    steps. ``plots`` writes figures into ``images/`` every ``plot_every`` epochs and at the end
+    steps. ``devices`` processes run on each of ``num_nodes`` machines (README: Many machines);
+    ``sync_batchnorm`` computes BatchNorm statistics over all of them (GPUs only). ``plots``
+    writes figures into ``images/`` every ``plot_every`` epochs and at the end
     (``embedding_plot``: tsne, umap, pca or none).
     """
 
@@ -86,6 +97,8 @@ class TrainerConfig:
     max_steps: int = -1
     accelerator: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
+    sync_batchnorm: bool = False
     strategy: str = "auto"
     precision: str = "32-true"
     gradient_clip: float = 0.0
@@ -114,6 +127,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.epochs must be >= 1, got {self.epochs}.")
         if self.devices < 1:
             raise ConfigError(f"trainer.devices must be >= 1, got {self.devices}.")
+        if self.num_nodes < 1:
+            raise ConfigError(f"trainer.num_nodes must be >= 1, got {self.num_nodes}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"trainer.precision {self.precision!r} is not supported; use one of "
@@ -196,10 +211,12 @@ class RunConfig:
             if validate is not None:
                 validate()
         devices = self.trainer.devices
-        if self.data.batch_size < devices or self.data.batch_size % devices:
+        processes = devices * self.trainer.num_nodes
+        if self.data.batch_size < processes or self.data.batch_size % processes:
             raise ConfigError(
-                f"data.batch_size {self.data.batch_size} must be a multiple of trainer.devices "
-                f"({devices}): each device gets batch_size / devices samples."
+                f"data.batch_size {self.data.batch_size} must be a multiple of trainer.devices x "
+                f"trainer.num_nodes ({devices} x {self.trainer.num_nodes} = {processes}): each "
+                "process gets batch_size / (devices x num_nodes) samples of the global batch."
             )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 import signal
 import sys
@@ -28,11 +29,12 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from torch.utils.data import DataLoader
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from selfsup.config import RunConfig
 from selfsup.data.base import AnyDataset, DataInfo, ImageDataset
-from selfsup.errors import RunError, SelfsupError
+from selfsup.data.streaming import GlobalBatches, StreamingBatches
+from selfsup.errors import ConfigError, RunError, SelfsupError
 from selfsup.methods.base import Method
 from selfsup.rundir import (
     CHECKPOINT_DIR,
@@ -51,19 +53,14 @@ data_info = DataInfo.of
 
 
 # --------------------------------------------------------------------------------- data loaders
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-class InMemoryBatches:
+class InMemoryBatches(GlobalBatches):
     """Batches of an in-memory uint8 dataset, drawn by index slicing (no per-sample collate).
 
     Epoch e visits ``randperm(N, seed + e)`` in global batches of ``global_batch`` (the last
     incomplete batch is dropped); process r of w takes the r-th of w equal shares of each global
     batch. The loader is resumable: Lightning saves ``state_dict()`` (epoch and
-    batches consumed) in every checkpoint and restores it before iterating.
+    batches consumed) in every checkpoint and restores it before iterating
+    (:class:`~selfsup.data.streaming.GlobalBatches`).
     """
 
     def __init__(
@@ -74,14 +71,9 @@ class InMemoryBatches:
         shuffle: bool = True,
         drop_last: bool = True,
     ) -> None:
+        super().__init__(len(dataset), global_batch, seed, shuffle, drop_last)
         self.images = dataset.images
         self.labels = dataset.labels
-        self.global_batch = min(global_batch, len(dataset)) if drop_last else global_batch
-        self.seed = seed
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.consumed = 0
 
     def to(self, device: torch.device | str) -> InMemoryBatches:
         """Keep the uint8 images on ``device`` (e.g. the GPU) so batches need no copy."""
@@ -89,48 +81,15 @@ class InMemoryBatches:
         self.labels = self.labels.to(device)
         return self
 
-    def __len__(self) -> int:
-        n = self.images.shape[0]
-        return n // self.global_batch if self.drop_last else math.ceil(n / self.global_batch)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.consumed = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        if self.consumed >= len(self):
-            self.epoch, self.consumed = self.epoch + 1, 0
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rank, world = _dist()
-        n = self.images.shape[0]
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=gen).to(self.images.device)
-        else:
-            order = torch.arange(n, device=self.images.device)
-        for b in range(self.consumed, len(self)):
-            batch = order[b * self.global_batch : min((b + 1) * self.global_batch, n)]
-            idx = batch.tensor_split(world)[rank]  # equal shares; a last partial batch too
-            if idx.numel():
-                yield self.images[idx], self.labels[idx]
+        for idx in self.shares(self.order(self.images.device)):
+            yield self.images[idx], self.labels[idx]
 
 
 def fits_on_device(nbytes: int, free_bytes: int, fraction: float = 0.5) -> bool:
     """Whether a dataset of ``nbytes`` may live on the GPU: at most ``fraction`` of its free
     memory, leaving the rest to the model, activations and optimizer state."""
     return nbytes <= fraction * free_bytes
-
-
-def _collate_uint8(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.stack([img for img, _ in items])
-    labels = torch.tensor([label for _, label in items], dtype=torch.long)
-    return images, labels
 
 
 def make_loader(
@@ -140,19 +99,24 @@ def make_loader(
     train: bool,
     num_workers: int = 2,
     devices: int = 1,
-) -> Any:
-    """The loader for a dataset: in-memory slicing, or a worker DataLoader for streamed data."""
+    *,
+    augment: Any = None,
+    n_views: int = 1,
+    decode: str = "workers",
+    clean: bool = True,
+) -> InMemoryBatches | StreamingBatches:
+    """The loader for a dataset: in-memory slicing, or resumable sharded batches read by
+    DataLoader workers for streamed data. Image folders (``training_views``) take ``n_views``
+    random resized crops per image from the full-resolution file when training with ``augment``
+    (``decode``: ``workers`` or ``device``; ``clean``: also the evaluation view; see
+    :mod:`selfsup.data.imagefolder`)."""
     if isinstance(dataset, ImageDataset):
         return InMemoryBatches(dataset, batch_size, seed, shuffle=train, drop_last=train)
-    return DataLoader(
-        dataset,  # type: ignore[arg-type]
-        batch_size=batch_size // devices,
-        shuffle=train,
-        drop_last=train,
-        num_workers=num_workers,
-        collate_fn=_collate_uint8,
-        persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
+    crops = train and augment is not None and hasattr(dataset, "training_views")
+    items = dataset.training_views(augment, n_views, seed, decode, clean) if crops else dataset
+    return StreamingBatches(
+        items, batch_size, seed, shuffle=train, drop_last=train, num_workers=num_workers,
+        epoch_keys=crops,
     )
 
 
@@ -188,11 +152,11 @@ class DataPosition(Callback):
         self.loader = loader
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if isinstance(self.loader, InMemoryBatches):
+        if isinstance(self.loader, GlobalBatches):
             self.loader.set_epoch(trainer.current_epoch)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if isinstance(self.loader, InMemoryBatches):
+        if isinstance(self.loader, GlobalBatches):
             self.loader.consumed += 1
 
 
@@ -368,6 +332,7 @@ class AppendingCSVLogger(CSVLogger):
     """A CSVLogger whose ``metrics.csv`` covers every training session of a run."""
 
     @property
+    @rank_zero_experiment  # other processes get a dummy: they create nothing in the run folder
     def experiment(self) -> _AppendingWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
@@ -417,6 +382,59 @@ class TrainResult:
     aborted: bool = False
 
 
+# -------------------------------------------------------------------------------- many machines
+def launched_as_rank_zero() -> bool:
+    """Whether this process is global rank 0 as its launcher set it up, before any process
+    group exists: ``RANK`` (torchrun), ``SLURM_PROCID`` (srun), ``NODE_RANK`` / ``LOCAL_RANK``
+    (Lightning's own launcher). Only rank 0 writes the run folder."""
+    env = os.environ
+    ranks = [env.get("RANK", env.get("SLURM_PROCID", "0")), env.get("NODE_RANK", "0"),
+             env.get("LOCAL_RANK", "0")]
+    return all(int(r or 0) == 0 for r in ranks)
+
+
+def launcher_topology() -> tuple[int, int] | None:
+    """(processes per node, nodes) fixed by an external launcher (torchrun or srun), else None."""
+    env = os.environ
+    if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
+        world = int(env.get("WORLD_SIZE", "1"))
+        local = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+        return local, max(1, world // max(1, local))
+    per_node = env.get("SLURM_NTASKS_PER_NODE", "")
+    if "SLURM_NTASKS" in env and per_node.isdigit() and env.get("SLURM_JOB_NAME") not in (
+        "bash", "interactive"
+    ):
+        return int(per_node), int(env.get("SLURM_NNODES", "1"))
+    return None
+
+
+def check_topology(tcfg: Any) -> None:
+    """ConfigError when ``trainer.devices`` x ``trainer.num_nodes`` cannot be what was launched."""
+    fixed = launcher_topology()
+    if fixed is not None and (tcfg.devices, tcfg.num_nodes) != fixed:
+        raise ConfigError(
+            f"The launcher started {fixed[1]} node(s) x {fixed[0]} process(es) per node, but "
+            f"trainer.devices is {tcfg.devices} and trainer.num_nodes is {tcfg.num_nodes}. Pass "
+            f"--devices {fixed[0]} --num-nodes {fixed[1]} (also when resuming with --resume) so "
+            "that they match (README: Many machines)."
+        )
+    if fixed is None and tcfg.num_nodes > 1 and "MASTER_ADDR" not in os.environ:
+        raise ConfigError(
+            f"trainer.num_nodes is {tcfg.num_nodes}, but nothing launched this process as one of "
+            f"{tcfg.num_nodes} machines. Start the same command on every machine with torchrun "
+            "(--nnodes, --node-rank, --master-addr, --master-port) or srun, or set MASTER_ADDR, "
+            "MASTER_PORT and NODE_RANK on each (README: Many machines). To continue a multi-node "
+            "run on this machine alone, pass --num-nodes 1 with --resume."
+        )
+    if tcfg.sync_batchnorm and tcfg.devices * tcfg.num_nodes > 1 and (
+        tcfg.accelerator == "cpu" or not torch.cuda.is_available()
+    ):
+        raise ConfigError(
+            "trainer.sync_batchnorm needs GPUs: PyTorch synchronises BatchNorm statistics only "
+            "for CUDA tensors. Set trainer.sync_batchnorm=false to train on CPUs."
+        )
+
+
 def build_trainer(
     config: RunConfig,
     run_dir: Path,
@@ -430,6 +448,7 @@ def build_trainer(
     the events a killed session logged after it.
     """
     tcfg = config.trainer
+    check_topology(tcfg)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     callbacks: list[Callback] = [
         DataPosition(loader),
@@ -479,6 +498,8 @@ def build_trainer(
         return L.Trainer(
             accelerator=accelerator,
             devices=tcfg.devices,
+            num_nodes=tcfg.num_nodes,
+            sync_batchnorm=tcfg.sync_batchnorm,
             strategy=strategy,
             precision=precision,
             max_epochs=tcfg.epochs,
@@ -584,9 +605,12 @@ def fit(
     folder = RunFolder(run_dir)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
-    check_output_dir(run_dir, needed_bytes(method, tcfg.keep_checkpoints))
+    if launched_as_rank_zero():  # the only process that writes into the run folder
+        check_output_dir(run_dir, needed_bytes(method, tcfg.keep_checkpoints))
     loader = make_loader(
-        train_set, config.data.batch_size, config.seed, True, config.data.num_workers, tcfg.devices
+        train_set, config.data.batch_size, config.seed, True, config.data.num_workers,
+        tcfg.devices, augment=config.augment, n_views=method.train_views(),
+        decode=config.data.decode, clean=method.train_uses_clean(),
     )
     if len(loader) == 0:
         raise SelfsupError(
@@ -631,6 +655,8 @@ def fit(
                             resume_step=position.log_step if resume else None)
     method.steps_per_epoch = len(loader)
     device = trainer.strategy.root_device
+    if isinstance(loader, StreamingBatches):
+        loader.device = device  # data.decode=device decodes there; pinned memory for a GPU
     if isinstance(loader, InMemoryBatches) and config.data.on_device and device.type == "cuda":
         nbytes = loader.images.nbytes + loader.labels.nbytes
         free = torch.cuda.mem_get_info(device)[0]

@@ -6,7 +6,6 @@ folder's layout and files belong to :mod:`selfsup.rundir`.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from selfsup.engine import (
     TrainResult,
     check_output_dir,
     fit,
+    launched_as_rank_zero,
 )
 from selfsup.errors import ConfigError, RunError, TrainingStopped
 from selfsup.methods import method_class
@@ -99,6 +99,10 @@ RESUME_KEYS: dict[str, str] = {
     "data.num_workers": "loader processes for streamed datasets",
     "data.on_device": "where the in-memory images are kept",
     "trainer.accelerator": "continue on another kind of device",
+    "trainer.devices": "continue on another number of devices per machine (Many machines)",
+    "trainer.num_nodes": "continue on another number of machines (Many machines)",
+    "trainer.strategy": "how the processes are launched (ddp for several)",
+    "data.decode": "where image files are decoded (workers or the device)",
     "trainer.num_threads": "CPU threads",
     "trainer.progress_bar": "display only",
     "trainer.log_every": "logging frequency",
@@ -184,8 +188,9 @@ def train_split_name(config: RunConfig) -> str:
 
 # ---------------------------------------------------------------------------------------- runs
 def is_launched_worker() -> bool:
-    """True in the extra processes Lightning's DDP launcher starts (they re-run the command)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+    """True in every process but global rank 0: the extra processes Lightning's DDP launcher
+    starts, and the other processes torchrun or srun start on this and other machines."""
+    return not launched_as_rank_zero()
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -198,8 +203,14 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method,
 
     The folder must be new, empty, or left by a run that stopped before its first checkpoint
     (reused). A start that fails before the first checkpoint leaves nothing behind: the files it
-    wrote are removed again (and the folder, when this call created it).
+    wrote are removed again (and the folder, when this call created it). Only global rank 0
+    writes into it (README: Many machines).
     """
+    if not run_dir and config.trainer.num_nodes > 1:
+        raise ConfigError(
+            "A multi-node run needs --out: every machine must name the same run folder (the "
+            "default folder name holds the start time, which differs between machines)."
+        )
     folder = RunFolder(run_dir or default_run_dir(config))
     worker = is_launched_worker()
     created = not folder.path.exists()
@@ -208,7 +219,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method,
         if note:
             print(f"selfsup: note: {note}", file=sys.stderr)
     try:
-        check_output_dir(folder.path, needed_bytes=10 * 2**20)  # before loading data or training
+        if not worker:  # before loading data or training; only rank 0 writes the run folder
+            check_output_dir(folder.path, needed_bytes=10 * 2**20)
         torch.manual_seed(config.seed)
         train_set = load_split(config, train_split_name(config))
         test_set = _optional_test_split(config)
@@ -307,8 +319,14 @@ def _session(
 
 def _optional_test_split(config: RunConfig) -> AnyDataset | None:
     spec = dataset_spec(config.data.name)
-    if spec.test_split not in spec.splits or spec.num_classes <= 0:
+    labeled = spec.num_classes > 0 or spec.extra.get("class_folders", False)
+    if spec.test_split not in spec.splits or not labeled:
         return None
+    present = spec.extra.get("split_present")
+    if present is not None and not present(
+        Path(config.data.dir).expanduser(), spec.test_split, dataset_options(config)
+    ):
+        return None  # an optional test split (image folders): train without it
     return load_split(config, spec.test_split)
 
 
@@ -370,7 +388,7 @@ def labeled_splits(
 ) -> tuple[AnyDataset, AnyDataset]:
     """The (train, test) splits a probe uses; ConfigError for a dataset without labels."""
     spec = dataset_spec(config.data.name)
-    if spec.num_classes <= 0:
+    if spec.num_classes <= 0 and not spec.extra.get("class_folders", False):
         raise ConfigError(
             f"Dataset {spec.name} has no labels, so probes cannot be trained on it. Evaluate on a "
             "labeled dataset."
@@ -483,7 +501,7 @@ def evaluate_augmented_linear(
     try:
         result = augmented_linear_protocol(
             method.to(device), train_set, test_set,
-            num_classes=dataset_spec(config.data.name).num_classes, seed=seed,
+            num_classes=dataset_spec(config.data.name).num_classes or None, seed=seed,
             device=device, **options,
         )
     except TypeError as exc:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from selfsup.data.base import ImageDataset
+from selfsup.data.base import AnyDataset, first_images
 from selfsup.rundir import IMAGE_DIR  # noqa: F401 - re-exported: figures live in RUN_DIR/images
 
 
@@ -27,7 +27,7 @@ def _grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
 
 @torch.no_grad()
 def save_generative_grids(
-    method: Any, dataset: ImageDataset, out_dir: Path, n: int = 32
+    method: Any, dataset: AnyDataset, out_dir: Path, n: int = 32
 ) -> dict[str, Path]:
     """Write ``reconstructions.png`` (rows: input, reconstruction) and ``samples.png``.
 
@@ -36,7 +36,7 @@ def save_generative_grids(
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = method.training
     method.eval()
-    images = dataset.images[:n].to(method.device)
+    images = first_images(dataset, n).to(method.device)
     x = method.preprocess(images)
     x_vis = method.augment.preprocessing.to_unit_range(x)  # what the model saw (e.g. binarized)
     recon = method.reconstruct(x)

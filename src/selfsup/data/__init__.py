@@ -181,7 +181,7 @@ def _file_report(spec: DatasetSpec, data_dir: Path, options: dict) -> list[dict[
             present = sub.is_dir()
             size = None
             if present:
-                size = sum(p.stat().st_size for p in imagefolder._image_files(sub))
+                size = imagefolder.folder_bytes(sub)
             report.append({"path": str(sub), "present": present, "bytes": size})
         return report
     report = []
@@ -199,6 +199,8 @@ def _file_report(spec: DatasetSpec, data_dir: Path, options: dict) -> list[dict[
 
 
 def _count_split(spec: DatasetSpec, data_dir: Path, split: str, options: dict) -> int:
+    if spec.name == "imagefolder":  # opens every file: a non-image is named, not "valid"
+        return imagefolder.check_split(data_dir, split, options)
     checker = spec.extra.get("check")
     if checker is not None:
         return int(checker(data_dir, split))
@@ -235,8 +237,16 @@ def check_dataset(name: str, data_dir: str | Path, options: dict | None = None) 
         all_missing += [f for f in _missing_files(spec, data_dir, split) if f not in all_missing]
     if all_missing:
         problems.append(str(_missing_error(spec, data_dir, all_missing)))
+    optional = spec.extra.get("optional_splits", ())
+    present = spec.extra.get("split_present")
     for split in spec.splits:
         if split in combined or _missing_files(spec, data_dir, split):
+            continue
+        if split in optional and present is not None and not present(data_dir, split, options):
+            notes.append(
+                f"no {split} split was found: training works without it, but evaluation "
+                f"(`selfsup eval`, `selfsup compare`, the online probe's {split} accuracy) needs it"
+            )
             continue
         try:
             splits[split] = _count_split(spec, data_dir, split, options)
@@ -253,7 +263,7 @@ def check_dataset(name: str, data_dir: str | Path, options: dict | None = None) 
             notes.append(
                 f"{split} has {n} samples where the official dataset has {official[split]}"
             )
-    valid = not problems and all(s in splits for s in spec.splits)
+    valid = not problems and all(s in splits for s in spec.splits if s not in optional)
     if valid:
         sizes = ", ".join(f"{s}: {n}" for s, n in splits.items())
         message = f"{spec.name}: OK, every split loads ({sizes})."

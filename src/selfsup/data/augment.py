@@ -465,6 +465,8 @@ class BatchAugment(torch.nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment a batch (N, C, H, W) (uint8 or float in [0, 1]) with fresh random parameters;
         returns float32 (N, C, out, out) on the input's device."""
+        if isinstance(x, CroppedViews):  # streamed image folder: crops taken by the loader
+            return augment_cropped(self, x, 1, generator)
         return self.apply(x, self.sample_params(x.shape[0], generator))
 
     def views(self, x: Tensor, n_views: int, generator: torch.Generator | None = None) -> Tensor:
@@ -473,11 +475,14 @@ class BatchAugment(torch.nn.Module):
         holds the views of sample ``i``."""
         if n_views < 1:
             raise ConfigError(f"n_views = {n_views} is invalid: ask for at least one view.")
+        if isinstance(x, CroppedViews):  # streamed image folder: crops taken by the loader
+            return augment_cropped(self, x, n_views, generator)
         return self.forward(x.repeat_interleave(n_views, dim=0), generator)
 
     def eval_transform(self, x: Tensor) -> Tensor:
         """Deterministic preprocessing of clean / evaluation inputs:
         ``preprocessing.clean(to_float(x))`` (centre crop if declared, binarize, normalize)."""
+        x = x.evaluation_view() if isinstance(x, CroppedViews) else x  # streamed image folder
         self._check_input(x)
         return self.preprocessing.clean(to_float(x))
 
@@ -695,3 +700,86 @@ class BatchAugment(torch.nn.Module):
         xs = F.conv2d(xs, kern.view(m * c, 1, 1, k), groups=m * c)
         xs = F.conv2d(xs, kern.view(m * c, 1, k, 1), groups=m * c).view(m, c, h, w)
         return xs if whole else x.index_copy(0, idx, xs)
+
+
+# ==================================================================================================
+# Streamed image folders (issue 19; kept apart from the preprocessing above).
+#
+# For image folders too large for memory the random resized crop is taken in the DataLoader
+# workers from the FULL-RESOLUTION decoded file (as the ImageNet recipes do); the batch reaches the
+# method as a :class:`CroppedViews`, and :class:`BatchAugment` applies the rest of the augmentation
+# (flips, affine, colour jitter, grayscale, blur, solarization, binarization, normalization) to the
+# crops on the training device with the crop itself switched off. Evaluation inputs are the
+# deterministic ``clean`` view (shorter side resized to S, centre crop S x S).
+# ==================================================================================================
+class CroppedViews:
+    """A training batch of a streamed image folder.
+
+    ``clean``: uint8 (N, C, S, S), each image's shorter side resized to S and centre-cropped
+    (the evaluation view), or None when the method does not use it (``Method.train_uses_clean``);
+    ``crops``: uint8 (N, V, C, S, S), V random resized crops per image taken from the
+    full-resolution file, or None when the augmentation has no random crop (``crop_scale`` [1, 1]
+    or ``crop_prob`` 0): the views are then augmentations of ``clean``, exactly as for in-memory
+    datasets. ``shape`` is (N, C, S, S) so that a method can read the batch size as usual.
+    """
+
+    def __init__(self, clean: Tensor | None, crops: Tensor | None = None) -> None:
+        first = clean if clean is not None else (None if crops is None else crops[:, 0])
+        if first is None or first.ndim != 4 or (crops is not None and (
+                crops.ndim != 5 or crops.shape[0] != first.shape[0]
+                or crops.shape[2:] != first.shape[1:])):
+            raise DataError(
+                "CroppedViews needs clean (N, C, S, S) and/or crops (N, V, C, S, S), got "
+                f"{None if clean is None else tuple(clean.shape)} and "
+                f"{None if crops is None else tuple(crops.shape)}."
+            )
+        self.clean = clean
+        self.crops = crops
+        self.shape = first.shape
+
+    @property
+    def device(self) -> torch.device:
+        return (self.clean if self.clean is not None else self.crops).device  # type: ignore
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def evaluation_view(self) -> Tensor:
+        if self.clean is None:
+            raise DataError(
+                "This method uses the un-augmented training images (preprocess), but the "
+                "image-folder loader was told it does not: its train_uses_clean() must return "
+                "True."
+            )
+        return self.clean
+
+    def to(self, *args: object, **kwargs: object) -> CroppedViews:
+        """Both tensors moved like ``Tensor.to`` (Lightning moves batches with this)."""
+        moved = [None if t is None else t.to(*args, **kwargs)  # type: ignore[arg-type]
+                 for t in (self.clean, self.crops)]
+        return CroppedViews(*moved)
+
+
+def augment_cropped(
+    aug: BatchAugment, x: CroppedViews, n_views: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """``n_views`` augmented views per image, sample-major (as :meth:`BatchAugment.views`).
+
+    View ``v`` of image ``i`` is crop ``v`` taken by the loader (or ``clean`` when it took none)
+    passed through :meth:`BatchAugment.apply` with freshly drawn parameters whose crop box is the
+    whole (already cropped) image, i.e. every transform but the crop.
+    """
+    if x.crops is None:
+        source = x.evaluation_view().repeat_interleave(n_views, dim=0)
+    elif n_views > x.crops.shape[1]:
+        raise ConfigError(
+            f"The method asked for {n_views} augmented views per image, but the image-folder "
+            f"loader cropped {x.crops.shape[1]}. The method's train_views() must return the "
+            "number of views its training_loss draws."
+        )
+    else:
+        source = x.crops[:, :n_views].flatten(0, 1)
+    params = aug.sample_params(source.shape[0], generator)
+    _, height, width = aug.image_shape
+    params["box"] = torch.tensor([0, 0, height, width]).expand(source.shape[0], 4).clone()
+    return aug.apply(source, params)

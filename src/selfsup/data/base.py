@@ -105,6 +105,14 @@ class StreamingDataset(Protocol):
 AnyDataset = ImageDataset | StreamingDataset
 
 
+def first_images(dataset: AnyDataset, n: int) -> torch.Tensor:
+    """The first ``n`` images of any dataset as one uint8 (n, C, H, W) tensor (streamed datasets
+    decode just those)."""
+    if isinstance(dataset, ImageDataset):
+        return dataset.images[:n]
+    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What a dataset is and where its files live, for ``selfsup data list|check`` and loading.

@@ -224,6 +224,9 @@ class AAVAE(Method):
         return self.augment.preprocessing.to_unit_range(x)
 
     # --------------------------------------------------------------------------- objective
+    def train_uses_clean(self) -> bool:
+        return True
+
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         """Batch means of loss, log_likelihood (of the clean image) and kl; features h(x_in).
 

@@ -123,6 +123,16 @@ class Method(L.LightningModule):
         """One augmented view per sample."""
         return self.augment(images, generator=self.step_generator)
 
+    def train_views(self) -> int:
+        """How many augmented views per sample ``training_loss`` draws (``views``/``augmented``);
+        a streamed image folder crops that many per image in its loader workers."""
+        return 1
+
+    def train_uses_clean(self) -> bool:
+        """Whether ``training_loss`` also uses the un-augmented images (``preprocess(images)``);
+        a streamed image folder then also hands over each image's evaluation view."""
+        return False
+
     def compile_networks(self) -> list[str]:
         """``torch.compile`` each trainable sub-network in place (``trainer.compile``).
 

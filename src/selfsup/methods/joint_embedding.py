@@ -266,6 +266,9 @@ class JointEmbedding(Method):
             terms[key] = value
         return terms
 
+    def train_views(self) -> int:
+        return 2
+
     def two_views(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Two augmented views (N, C, H, W) each, from ``self.views`` (sample-major)."""
         views = self.views(images, 2)

@@ -168,6 +168,9 @@ class SimVAE(GaussianEncoderDecoder):
             x, out, z, mu, logvar, cfg.n_views, kl_estimator=cfg.kl_estimator, **common
         )
 
+    def train_views(self) -> int:
+        return self.config.model.n_views
+
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         """Sum (or mean) over samples of the per-sample terms; features = mu of each sample's
         first view."""
