@@ -281,7 +281,8 @@ class HVAE(Method):
         (:meth:`released_chain_start`).
         """
         if start not in CHAIN_STARTS:
-            raise ConfigError(f"Unknown chain start {start!r}; use one of {', '.join(CHAIN_STARTS)}.")
+            raise ConfigError(
+                f"Unknown chain start {start!r}; use one of {', '.join(CHAIN_STARTS)}.")
         if start == "released":
             start = self.released_chain_start()
         shape = (n, *self.info.image_shape)
