@@ -160,6 +160,17 @@ def test_preset_networks_output_sizes_per_layer(name):
         assert method.log_sigma is None
 
 
+def test_reverse_preset_equals_order_reverse_on_the_mnist_preset():
+    from selfsup.config import PRESET_DIR
+
+    file = pipelines.build_config("hvae", "mnist",
+                                  config_file=PRESET_DIR / "hvae" / "mnist-reverse.yaml")
+    flag = pipelines.build_config("hvae", "mnist", flags={"order": "reverse"})
+    assert file.model == flag.model and file.data == flag.data and file.optim == flag.optim
+    fashion = pipelines.build_config("hvae", "fashionmnist")
+    assert fashion.model.iterations == 280_000  # the original README's figure for FMNIST
+
+
 def test_ladder_a0_head_has_a_skip_from_the_a1_logits():
     method = _method("ladder")
     heads = method.encoder.heads
