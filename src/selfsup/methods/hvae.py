@@ -395,6 +395,14 @@ class HVAE(Method):
             loss_q = L.reverse_encoder_ml_loss(zs0, zs1, b1, self.g10)
         return {"loss_encoder": loss_q}
 
+    def symmetric_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Both players' losses at the current parameters, without a step (``loss`` = their
+        sum, differentiable; for FLOP counts and diagnostics). Training uses
+        :meth:`symmetric_iteration`, whose encoder loss sees the updated decoder."""
+        terms = {**self.decoder_terms(x), **self.encoder_terms(x.shape[0])}
+        terms["loss"] = terms["loss_decoder"] + terms["loss_encoder"]
+        return terms
+
     def symmetric_iteration(
         self, x: Tensor, step: Callable[[str, Tensor], None]
     ) -> dict[str, Tensor]:
