@@ -656,7 +656,7 @@ def test_symvae_fid_protocol(tmp_path, hvae_run, monkeypatch):
     result = fid.fid_of_run(method, mode="limiting", protocol="symvae", n_ref=6, steps=2,
                             weights="random", images_out=tmp_path / "images")
     assert (result["protocol"], result["image"], result["chain_start"]) == (
-        "symvae", "mode", "released")
+        "symvae", "mode", "sample")  # the ladder chain starts from a model sample
     assert result["n_samples"] == result["n_reference"] == 6 and result["steps"] == 2
     assert "train+test split" in result["reference"] and "binarized at 0.4375" in result[
         "reference"]

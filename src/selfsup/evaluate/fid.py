@@ -603,10 +603,10 @@ def fid_of_run(
             raise ConfigError(f"{name} must be >= {0 if name == '--steps' else 2}, got {value}.")
     weights = resolve_weights(weights)
     started = time.perf_counter()
-    model = load_inception(weights, device)
     config = method.config
     split = reference_split(method, proto.reference)
     dataset = load_reference(method, split, data_dir)
+    model = load_inception(weights, device)
     n_ref = proto.n_ref if n_ref is None else n_ref
     n_reference = len(dataset.images) if n_ref is None else min(n_ref, len(dataset.images))
     binarize = getattr(config.model, "binarize", None)
@@ -644,7 +644,8 @@ def fid_of_run(
         "n_reference": n_reference,
         "steps": chain,
         "image": proto.image,
-        "chain_start": proto.chain_start if mode == "limiting" else None,
+        "chain_start": (method.released_chain_start() if proto.chain_start == "released"
+                        else proto.chain_start) if mode == "limiting" else None,
         "reference": f"{config.data.name} {split} split, "
         + (f"first {n_reference} images" if n_ref else f"all {n_reference} images")
         + (f", binarized at {binarize}" if binarize is not None else ""),
