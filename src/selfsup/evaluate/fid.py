@@ -564,6 +564,28 @@ def reference_images(method: Any, dataset: Any, n: int | None) -> Tensor:
     return torch.cat(out)
 
 
+def reference_statistics(
+    method: Any, dataset: Any, split: str, n_ref: int | None, model: nn.Module,
+    weights: str | Path, batch_size: int = 50, device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mu, sigma, count) of the first ``n_ref`` (None: all) processed images of ``dataset``,
+    cached per (dataset, split, count, preprocessing, weights): the preprocessing (e.g. the
+    binarization) enters the key as a digest of 16 processed images."""
+    n_reference = len(dataset.images) if n_ref is None else min(n_ref, len(dataset.images))
+    probe = reference_images(method, dataset, 16).numpy().tobytes()
+    key = (f"{method.config.data.name}-{split}-n{n_reference}-"
+           f"{hashlib.sha1(probe).hexdigest()[:12]}")
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        ref = reference_images(method, dataset, n_reference)
+        return feature_statistics(
+            inception_features(model, ref, batch_size, device, progress=progress))
+
+    mu, sigma = cached_statistics(key, compute, weights)
+    return mu, sigma, n_reference
+
+
 def fid_eval_name(mode: str, protocol: str) -> str:
     """File stem under ``RUN_DIR/eval/``: ``fid``, ``fid-limiting``, ``fid-symvae``, ..."""
     return "-".join(["fid"] + ([protocol] if protocol != "selfsup" else [])
@@ -608,20 +630,10 @@ def fid_of_run(
     dataset = load_reference(method, split, data_dir)
     model = load_inception(weights, device)
     n_ref = proto.n_ref if n_ref is None else n_ref
-    n_reference = len(dataset.images) if n_ref is None else min(n_ref, len(dataset.images))
-    binarize = getattr(config.model, "binarize", None)
-    # the preprocessing (e.g. binarization) is part of the key: a digest of 16 processed images
-    probe = reference_images(method, dataset, 16).numpy().tobytes()
-    key = (f"{config.data.name}-{split}-n{n_reference}-"
-           f"{hashlib.sha1(probe).hexdigest()[:12]}")
-
-    def compute_reference() -> tuple[Any, Any]:
-        ref = reference_images(method, dataset, n_reference)
-        return feature_statistics(
-            inception_features(model, ref, batch_size, device, progress=progress))
-
-    mu_r, sigma_r = cached_statistics(key, compute_reference, weights)
+    mu_r, sigma_r, n_reference = reference_statistics(
+        method, dataset, split, n_ref, model, weights, batch_size, device, progress)
     n = (proto.n or n_reference) if n is None else n
+    binarize = getattr(config.model, "binarize", None)
     chain = None
     if mode == "limiting":
         chain = proto.steps if steps is None else steps
