@@ -14,8 +14,9 @@ processed training images, MNIST train+test; samples show the mode of p(x|z1); t
 starts from a model sample and runs ``--steps`` transitions), with ``--n-samples`` samples per
 mode and the first ``--n-ref`` reference images (the released protocol uses all 70,000 of each;
 a CPU budget cannot). It writes ``RUN/benchmark_fid.json`` per objective, so the two objectives
-can be scored by two processes; the report stage (also run after fid) collects them into
-``benchmarks/results/hvae_mnist_cpu.json`` (or ``--out``).
+can be scored by two processes. The floor stage scores ``--n-samples`` real test images against
+the same reference (what a perfect model would get at this sample size). The report stage (also
+run after fid) collects them into ``benchmarks/results/hvae_mnist_cpu.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,29 @@ def fid_stage(args: argparse.Namespace) -> None:
         print_table([row], [k for k in row if k not in ("fid_details", "machine")])
 
 
+def floor_stage(args: argparse.Namespace) -> None:
+    """FID of ``--n-samples`` real MNIST test images (processed like the training data) against
+    the same reference: what a perfect model would score at this sample size."""
+    from selfsup.evaluate import fid
+
+    run_dir = Path(args.runs) / f"ladder-{args.objectives[0]}"
+    method = pipelines.load_run(run_dir)  # for its preprocessing only
+    weights = fid.resolve_weights(args.inception_weights)
+    split = fid.reference_split(method, fid.PROTOCOLS[args.protocol].reference)
+    reference = fid.load_reference(method, split, args.data_dir)
+    model = fid.load_inception(weights)
+    mu_r, sigma_r, n_ref = fid.reference_statistics(method, reference, split, args.n_ref, model,
+                                                    weights, progress=args.progress)
+    test = fid.load_reference(method, "test", args.data_dir)
+    real = fid.reference_images(method, test, args.n_samples)
+    mu, sigma = fid.feature_statistics(fid.inception_features(model, real, progress=args.progress))
+    floor = {"fid": round(fid.frechet_distance(mu, sigma, mu_r, sigma_r), 2),
+             "n_samples": int(real.shape[0]), "n_reference": n_ref,
+             "samples": "MNIST test images (first n), binarized like the training data"}
+    (Path(args.runs) / "benchmark_floor.json").write_text(json.dumps(floor, indent=2))
+    print(floor)
+
+
 def report_stage(args: argparse.Namespace) -> None:
     rows = []
     for objective in ("elbo", "symmetric"):
@@ -115,6 +139,8 @@ def report_stage(args: argparse.Namespace) -> None:
     print_table(rows, ["objective", "iterations", "fid_random", "fid_limiting",
                        "original_fid_random", "original_fid_limiting"])
     details = rows[0]["fid_details"]
+    floor_file = Path(args.runs) / "benchmark_floor.json"
+    floor = json.loads(floor_file.read_text()) if floor_file.is_file() else None
     write_result(
         args.out,
         {
@@ -129,6 +155,7 @@ def report_stage(args: argparse.Namespace) -> None:
             "chain_start": details["chain_start"],
             "chain_steps": details["steps"],
             "inception": details["inception"],
+            "real_images_floor": floor,
             "original": ORIGINAL,
             "original_protocol": "70,000 samples per mode vs all 70,000 processed MNIST "
             "train+test images, 1000 chain steps (generate_data.py:48, 67-71, 80-88)",
@@ -141,7 +168,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--stage", choices=["train", "fid", "report", "all"], default="all")
+    parser.add_argument("--stage", choices=["train", "fid", "floor", "report", "all"],
+                        default="all")
     parser.add_argument("--objectives", nargs="+", default=["elbo", "symmetric"])
     parser.add_argument("--iterations", type=int, default=900)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -163,6 +191,8 @@ def main() -> None:
             print(json.dumps(train(args, objective)))
     if args.stage in ("fid", "all"):
         fid_stage(args)
+    if args.stage in ("floor", "all"):
+        floor_stage(args)
     if args.stage in ("fid", "report", "all"):
         report_stage(args)
 
