@@ -171,13 +171,13 @@ def main() -> None:
     parser.add_argument("--stage", choices=["train", "fid", "floor", "report", "all"],
                         default="all")
     parser.add_argument("--objectives", nargs="+", default=["elbo", "symmetric"])
-    parser.add_argument("--iterations", type=int, default=900)
+    parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--runs", default="runs/hvae-bench")
     parser.add_argument("--protocol", choices=["symvae", "selfsup"], default="symvae",
                         help="FID protocol (selfsup.evaluate.fid.PROTOCOLS)")
-    parser.add_argument("--n-samples", type=int, default=500, help="samples per mode")
-    parser.add_argument("--n-ref", type=int, default=500, help="reference images")
+    parser.add_argument("--n-samples", type=int, default=200, help="samples per mode")
+    parser.add_argument("--n-ref", type=int, default=1000, help="reference images")
     parser.add_argument("--steps", type=int, default=1000, help="Markov chain transitions")
     parser.add_argument("--progress", action="store_true", help="progress bars on stderr")
     parser.add_argument("--inception-weights", default=None)
