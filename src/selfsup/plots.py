@@ -18,6 +18,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from selfsup.data.base import ImageDataset
+from selfsup.rundir import IMAGE_DIR  # noqa: F401 - re-exported: figures live in RUN_DIR/images
 
 
 def _grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
@@ -37,7 +38,7 @@ def save_generative_grids(
     method.eval()
     images = dataset.images[:n].to(method.device)
     x = method.preprocess(images)
-    x_vis = method.augment.to_float(images)
+    x_vis = method.augment.preprocessing.to_unit_range(x)  # what the model saw (e.g. binarized)
     recon = method.reconstruct(x)
     pairs = torch.stack([x_vis.float(), recon.float()], dim=1)  # (n, 2, C, H, W)
     rows = []
@@ -59,7 +60,6 @@ def save_generative_grids(
 # Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas directly: no pyplot, no
 # global backend state, safe inside training processes without a display.
 
-IMAGE_DIR = "images"
 LOSS_CURVES = "loss_curves.png"
 PROBE_CURVE = "online_probe.png"
 EMBEDDING = "embedding.png"
@@ -327,7 +327,7 @@ def save_latent_traversals(
             z = mu[:1].repeat(steps, 1)
             z[:, d] = center[d] + offsets * spread[d]
             rows.append(method.decode(z).float().clamp(0, 1).cpu())
-        original = method.augment.to_float(images[:1].to(method.device)).float().cpu()
+        original = method.augment.preprocessing.to_unit_range(x[:1]).float().cpu()
     finally:
         method.train(was_training)
     c, h, w = rows[0].shape[1:]
@@ -360,7 +360,7 @@ def factor_scores_table(scores: dict[str, Any] | str | Path) -> dict[str, dict[s
     """Normalise a factor-evaluation result to ``{split: {factor: score}}``.
 
     Accepts that mapping itself, a path to a JSON file holding it, the result of
-    ``selfsup eval factors`` (``RUN_DIR/eval_factors.json``: a ``results`` list with one row per
+    ``selfsup eval factors`` (``RUN_DIR/eval/factors.json``: a ``results`` list with one row per
     (representation, factor) holding ``factor``, ``representation``, ``metric`` and a score per
     split), or a dict with the mapping under ``"scores"``; a score may be a number or a dict
     holding one of ``score``, ``accuracy``, ``r2`` or ``value``.

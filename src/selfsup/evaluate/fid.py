@@ -633,7 +633,7 @@ def fid_of_run(
     mu_r, sigma_r, n_reference = reference_statistics(
         method, dataset, split, n_ref, model, weights, batch_size, device, progress)
     n = (proto.n or n_reference) if n is None else n
-    binarize = getattr(config.model, "binarize", None)
+    binarize = getattr(config.augment, "binarize", None)
     chain = None
     if mode == "limiting":
         chain = proto.steps if steps is None else steps
