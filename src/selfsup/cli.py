@@ -207,10 +207,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--max-samples applies to `selfsup eval factors` only.")
     options: dict = {}
     if args.protocol is not None:
-        if args.probe != "linear" and not (args.probe == "mlp" and args.protocol == "released"):
+        if args.protocol in ("selfsup", "symvae") or (
+            args.probe != "linear" and not (args.probe == "mlp" and args.protocol == "released")
+        ):
             raise ConfigError(
-                "--protocol applies to `selfsup eval linear`, and `--protocol released` also to "
-                "`selfsup eval mlp`."
+                "--protocol applies to `selfsup eval linear`, `--protocol released` also to "
+                "`selfsup eval mlp`, and --protocol selfsup|symvae to `selfsup eval fid`."
             )
         options["protocol"] = args.protocol
     released = options.get("protocol") == "released"
@@ -307,15 +309,21 @@ def _eval_factors(args: argparse.Namespace, method: Any) -> int:
 
 
 def _eval_fid(args: argparse.Namespace, method: Any) -> int:
-    """`selfsup eval fid --run RUN --mode random|limiting`: FID of samples vs the test split."""
-    from selfsup import pipelines
+    """`selfsup eval fid --run RUN [--protocol selfsup|symvae] [--mode random|limiting]`."""
+    from selfsup.evaluate.fid import PROTOCOLS, fid_eval_name, fid_of_run
+    from selfsup.report import save_evaluation
 
-    result = pipelines.run_fid(
-        method, mode=args.mode or "random", n=args.n or 10000, n_ref=args.n_ref,
-        steps=args.steps, weights=args.inception_weights, data_dir=args.data_dir,
-        seed=args.seed, device=args.device, images_out=args.save_images,
+    protocol = args.protocol or "selfsup"
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"eval fid takes --protocol {' or '.join(PROTOCOLS)}, not {protocol}.")
+    mode = args.mode or "random"
+    result = fid_of_run(
+        method, mode=mode, protocol=protocol, n=args.n, n_ref=args.n_ref, steps=args.steps,
+        weights=args.inception_weights, data_dir=args.data_dir, seed=args.seed,
+        device=args.device, images_out=args.save_images, progress=True,
     )
-    _emit(result, args.json, f"FID of {args.run} ({result['mode']} samples vs test images):")
+    result["json_file"] = str(save_evaluation(args.run, fid_eval_name(mode, protocol), result))
+    _emit(result, args.json, f"FID of {args.run} ({mode} samples, protocol {protocol}):")
     return 0
 
 
@@ -324,21 +332,23 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from selfsup.evaluate.fid import fid_between_folders
 
     result = fid_between_folders(args.dir_a, args.dir_b, args.inception_weights,
-                                 args.batch_size, args.device)
+                                 args.batch_size, args.device, progress=True)
     _emit(result, args.json, f"FID between {args.dir_a} and {args.dir_b}:")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from selfsup import pipelines
+    from selfsup.methods.sampling import generate_images, save_image_folder
     from selfsup.plots import save_generative_grids
 
     method = pipelines.load_run(args.run, device=args.device)
     if not method.generative:
         raise ConfigError(f"{method.name} has no decoder, so it cannot generate images.")
     if args.mode is not None:  # n samples as PNG files + a grid
-        images = pipelines.generate_images(method, args.n, args.mode, args.steps, seed=args.seed)
-        written = pipelines.save_image_folder(images, Path(args.out))
+        images = generate_images(method, args.n, args.mode, args.steps, seed=args.seed,
+                                 progress=True)
+        written = save_image_folder(images, Path(args.out))
         _emit({**written, "mode": args.mode}, args.json, "Wrote:")
         return 0
     spec_split = pipelines.dataset_spec(method.config.data.name).test_split
@@ -530,14 +540,18 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
-        "--protocol", choices=["lbfgs", "sgd", "adam", "sgd-augmented", "released"],
+        "--protocol",
+        choices=["lbfgs", "sgd", "adam", "sgd-augmented", "released", "selfsup", "symvae"],
         help="linear only: lbfgs (default; weight decay chosen on a validation split) or the "
         "papers' fixed-epoch protocol: a linear layer trained by SGD (Nesterov) or Adam with a "
         "cosine schedule, e.g. --protocol sgd --epochs 50; sgd-augmented: augustwester/vicreg's "
         "eval.py (plain SGD lr 0.02, weight decay 1e-6, 50 epochs, cosine per epoch, on "
         "randomly cropped and flipped training images through the frozen encoder); linear or "
         "mlp: released = SimVAE's released protocol (Adam 3e-4, 200 epochs, batch 64; reports "
-        "the BEST TEST accuracy over epochs, i.e. model selection on test)",
+        "the BEST TEST accuracy over epochs, i.e. model selection on test). fid: selfsup "
+        "(default: 10k samples vs 10k test images, E[x|z]) or symvae (the released protocol of "
+        "the hierarchical VAE: every training image as reference, as many samples, binary "
+        "modes, 1000 chain steps)",
     )
     ev.add_argument(
         "--test-unnormalized", action="store_true",
@@ -550,12 +564,15 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--mode", choices=["random", "limiting"],
                     help="fid only: samples from random codes (default) or the limiting "
                     "distribution of the encoder-decoder Markov chain")
-    ev.add_argument("--n", type=int, help="fid only: number of samples (default 10000)")
-    ev.add_argument("--n-ref", type=int, default=10000,
-                    help="fid only: number of test images for the reference statistics")
+    ev.add_argument("--n", type=int, help="fid only: number of samples (default: the "
+                    "protocol's, 10000; symvae: as many as reference images)")
+    ev.add_argument("--n-ref", type=int,
+                    help="fid only: number of reference images (default: the protocol's, "
+                    "10000 test images; symvae: the whole training split)")
     ev.add_argument("--steps", type=int, help="fid --mode limiting: Markov chain transitions")
     ev.add_argument("--inception-weights", metavar="PATH",
-                    help="fid only: pytorch-fid .pth, TorchScript Inception .pt, or 'download'")
+                    help="fid only: pytorch-fid .pth, TorchScript Inception .pt, 'download', or "
+                    "'random' (pipeline tests only; default $SELFSUP_INCEPTION_WEIGHTS)")
     ev.add_argument("--save-images", metavar="DIR", help="fid only: also write the samples")
     ev.add_argument("--json", action="store_true")
 
@@ -578,8 +595,8 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     fidp.add_argument("dir_a")
     fidp.add_argument("dir_b")
     fidp.add_argument("--inception-weights", metavar="PATH",
-                      help="pytorch-fid .pth, TorchScript Inception .pt, or 'download' "
-                      "(default: $SELFSUP_INCEPTION_WEIGHTS, else a random init with a warning)")
+                      help="pytorch-fid .pth, TorchScript Inception .pt, 'download', or 'random' "
+                      "(pipeline tests only); default $SELFSUP_INCEPTION_WEIGHTS, else refused")
     fidp.add_argument("--batch-size", type=int, default=50)
     fidp.add_argument("--device", default="cpu")
     fidp.add_argument("--json", action="store_true")

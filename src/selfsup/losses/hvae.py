@@ -7,8 +7,11 @@ Model ``p(z0) p(z1|z0) p(x|z1)``: ``z0 in {0,1}^n0`` with the uniform prior ``p(
 - ladder:  ``q(z0|x) = Bern(s(a0(x)))``, ``q(z1|z0,x) = Bern(s(f01(z0) + a1(x)))`` (f01 shared);
 - reverse: ``q(z1|x) = Bern(s(b1(x)))``, ``q(z0|z1) = Bern(s(g10(z1)))``.
 
-Bernoulli probabilities of the latents are smoothed, ``p -> eps + (1 - 2 eps) p`` with
-``eps = 1e-6``, which keeps every distribution normalized and every log finite.
+Every ``log Bern(z; s(logits))`` is the exact BCE-with-logits (finite for every logit, with the
+gradient ``z - s(logits)``, so a confidently wrong bit is still corrected). Only the analytic KL
+terms of the ladder ELBO and the mutual-information diagnostic smooth probabilities,
+``p -> eps + (1 - 2 eps) p`` with ``eps = 5e-7``, as the released code does
+(``main_elbo.py:22-25``: ``p (1 - 1e-6) + 1e-6 / 2``).
 
 Two objectives:
 
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-EPS = 1e-6
+EPS = 5e-7
 LOG2 = math.log(2.0)
 
 Net = Callable[[Tensor], Tensor]
@@ -79,9 +82,10 @@ def bernoulli_sample(logits: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- Bernoulli terms
 def bernoulli_log_prob(z: Tensor, logits: Tensor) -> Tensor:
-    """``sum_j z_j log p_j + (1 - z_j) log(1 - p_j)`` with smoothed ``p = s(logits)``; (N,)."""
-    p = smooth(torch.sigmoid(logits.float()))
-    return (z * torch.log(p) + (1.0 - z) * torch.log1p(-p)).sum(dim=-1)
+    """``sum_j z_j log s(l_j) + (1 - z_j) log s(-l_j)``: exact BCE-with-logits, negated; (N,)."""
+    logits = logits.float()
+    return -F.binary_cross_entropy_with_logits(
+        logits, z.to(logits.dtype), reduction="none").sum(dim=-1)
 
 
 def bernoulli_kl(q_logits: Tensor, p_logits: Tensor) -> Tensor:
@@ -138,9 +142,21 @@ def sample_x(out: Tensor, likelihood: str, log_sigma: Tensor | None = None) -> T
 
 
 def mean_x(out: Tensor, likelihood: str) -> Tensor:
-    """``E[x|z1]`` clipped to [0, 1] (what images and FID show)."""
+    """``E[x|z1]`` clipped to [0, 1] (what images show by default)."""
     out = out.float()
     return torch.sigmoid(out) if likelihood == "bernoulli" else out.clamp(0, 1)
+
+
+def mode_x(out: Tensor, likelihood: str) -> Tensor:
+    """The mode of ``p(x|z1)`` clipped to [0, 1]: binary pixels ``[logit > 0]`` (Bernoulli) or the
+    mean (Gaussian); what the released code writes for FID (``generate_data.py:71, 88``)."""
+    out = out.float()
+    return (out > 0).to(out.dtype) if likelihood == "bernoulli" else out.clamp(0, 1)
+
+
+def image_x(out: Tensor, likelihood: str, image: str = "mean") -> Tensor:
+    """``mean_x`` or ``mode_x`` by name (``image``: mean or mode)."""
+    return mode_x(out, likelihood) if image == "mode" else mean_x(out, likelihood)
 
 
 # ----------------------------------------------------------------------------- log-probabilities

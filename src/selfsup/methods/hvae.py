@@ -5,25 +5,27 @@ Model ``p(z0) p(z1|z0) p(x|z1)`` with ``z0 in {0,1}^nz0`` (uniform prior), ``z1 
 ``p(z1|z0) = Bern(s(f01(z0)))`` (f01: tanh MLP + linear skip), ``p(x|z1)`` Bernoulli or Gaussian
 with one learned log-sigma, decoder by transposed convolutions from ``nz1 x 1 x 1``.
 Encoder orders (:mod:`selfsup.losses.hvae`): ``ladder`` ``q(z0|x) q(z1|z0,x)`` sharing f01, or
-``reverse`` ``q(z1|x) q(z0|z1)`` (wake-sleep order).
+``reverse`` ``q(z1|x) q(z0|z1)`` (wake-sleep order). Networks: :mod:`selfsup.nets.hvae`.
 
 Objectives:
 
 - ``elbo``: one Adam optimizer on ``-ELBO`` with ZGR binary samples (automatic optimization);
 - ``symmetric``: two players with their own Adam optimizers (manual optimization). Each iteration
-  the decoder takes a step on ``-log p(x, z)`` with ``z ~ q(z|x)`` for a data batch, and the
-  encoder a step on ``-log q(z|x)`` with ``(z, x) ~ p``. In the symmetric objective Lightning's
+  (:meth:`HVAE.symmetric_iteration`) the decoder first takes a step on ``-log p(x, z)`` with
+  ``z ~ q(z|x)`` for a data batch; then ``(z, x) ~ p`` are drawn from the **updated** decoder and
+  the encoder takes a step on ``-log q(z|x)`` (the released ``main_sym.py:74-80``). Lightning's
   ``global_step`` counts both optimizer steps, i.e. two per iteration (``model.iterations`` sets
   ``trainer.max_steps`` accordingly).
 
 Sampling: :meth:`HVAE.sample` (random codes from the prior) and :meth:`HVAE.sample_limiting`
 (the limiting distribution of the chain ``x -> z ~ q(z|x) -> x ~ p(x|z)``). Images are the means
-``E[x|z1]`` of the last decoder call.
+``E[x|z1]`` of the last decoder call, or its modes (``image="mode"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,19 +38,26 @@ from selfsup.errors import ConfigError
 from selfsup.losses import hvae as L
 from selfsup.methods import register
 from selfsup.methods.base import Method
-from selfsup.nets.hvae import ConvTrunk, DeconvDecoder, SkipMLP
+from selfsup.nets.hvae import ACTIVATIONS, ConvTrunk, DeconvDecoder, LadderHeads, SkipMLP
 from selfsup.optim import build_optimizer, build_scheduler
 
 ORDERS = ("ladder", "reverse")
 OBJECTIVES = ("elbo", "symmetric")
 LIKELIHOODS = ("auto", "bernoulli", "gaussian")
+CHAIN_STARTS = ("noise", "binary", "sample", "mode", "released")
+IMAGES = ("mean", "mode")
 EPOCHS_FOR_ITERATIONS = 1_000_000
 
 
 @dataclass
 class HVAEConfig:
-    """Hierarchical binary VAE settings (defaults: the paper's MNIST model).
+    """Hierarchical binary VAE settings (defaults: the released MNIST ladder model).
 
+    Networks (:mod:`selfsup.nets.hvae`): ``enc_channels``/``dec_channels`` are the widths
+    ``c1, c2, c3`` of the conv trunk and decoder, ``features`` the trunk's output size,
+    ``a0_hidden`` the ladder a0 head's tanh MLP, ``f01_hidden`` p(z1|z0)'s and ``g10_hidden``
+    the reverse q(z0|z1)'s; ``dec_activation``: tanh or relu between decoder layers;
+    ``log_sigma_init``: initial log-sigma of the Gaussian likelihood.
     Binarization is the dataset's preprocessing, ``augment.binarize`` (threshold t: pixels
     ``x > t`` become 1), applied by the data layer to training and evaluation images alike;
     ``flip_prob``: per-step probability of flipping each binary training pixel;
@@ -66,10 +75,12 @@ class HVAEConfig:
     features: int = 600
     enc_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     dec_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
+    a0_hidden: list[int] = field(default_factory=lambda: [600, 600])
     f01_hidden: list[int] = field(default_factory=lambda: [600, 600])
-    g10_hidden: list[int] = field(default_factory=lambda: [600, 600])
+    g10_hidden: list[int] = field(default_factory=lambda: [600, 600, 600])
+    dec_activation: str = "tanh"
     likelihood: str = "auto"
-    log_sigma_init: float = -2.0
+    log_sigma_init: float = 0.0
     flip_prob: float = 0.0
     noise_std: float = 0.0
     lr_decoder: float = 0.0
@@ -84,6 +95,7 @@ class HVAEConfig:
                 "order": (self.order, ORDERS),
                 "objective": (self.objective, OBJECTIVES),
                 "likelihood": (self.likelihood, LIKELIHOODS),
+                "dec_activation": (self.dec_activation, tuple(ACTIVATIONS)),
             },
         )
         if self.nz0 < 1 or self.nz1 < 1 or self.features < 1:
@@ -93,8 +105,8 @@ class HVAEConfig:
                 "model.enc_channels and model.dec_channels must list three widths, e.g. "
                 "[32, 64, 128] and [128, 64, 32]."
             )
-        if any(c < 1 for c in [*self.enc_channels, *self.dec_channels, *self.f01_hidden,
-                               *self.g10_hidden]):
+        if any(c < 1 for c in [*self.enc_channels, *self.dec_channels, *self.a0_hidden,
+                               *self.f01_hidden, *self.g10_hidden]):
             raise ConfigError("model channel and hidden sizes must be positive.")
         if not 0.0 <= self.flip_prob <= 0.5:
             raise ConfigError(f"model.flip_prob must be in [0, 0.5], got {self.flip_prob}.")
@@ -107,26 +119,29 @@ class HVAEConfig:
 
 
 class HVAEDecoder(nn.Module):
-    """The generative player p: f01 (prior of z1 given z0), the image decoder, log sigma."""
+    """The generative player p: f01 (prior of z1 given z0), the image decoder and, for the
+    Gaussian likelihood, one log sigma."""
 
     def __init__(self, cfg: HVAEConfig, out_channels: int, image_size: tuple[int, int]) -> None:
         super().__init__()
         self.f01 = SkipMLP(cfg.nz0, list(cfg.f01_hidden), cfg.nz1)
-        self.net = DeconvDecoder(cfg.nz1, list(cfg.dec_channels), out_channels, image_size)
-        self.log_sigma = nn.Parameter(torch.tensor(float(cfg.log_sigma_init)))
+        self.net = DeconvDecoder(cfg.nz1, list(cfg.dec_channels), out_channels, image_size,
+                                 cfg.dec_activation)
+        self.log_sigma: nn.Parameter | None = None
+        if cfg.likelihood == "gaussian":
+            self.log_sigma = nn.Parameter(torch.tensor(float(cfg.log_sigma_init)))
 
 
 class HVAEEncoder(nn.Module):
-    """The inference player q: conv trunk and heads (a0, a1 ladder; b1 and g10 reverse)."""
+    """The inference player q: conv trunk and heads (ladder: a0, a1; reverse: b1 and g10)."""
 
     def __init__(self, cfg: HVAEConfig, in_channels: int, image_size: tuple[int, int]) -> None:
         super().__init__()
         self.trunk = ConvTrunk(in_channels, list(cfg.enc_channels), cfg.features, image_size)
         if cfg.order == "ladder":
-            self.head0 = nn.Linear(cfg.features, cfg.nz0)
-            self.head1 = nn.Linear(cfg.features, cfg.nz1)
+            self.heads = LadderHeads(cfg.features, list(cfg.a0_hidden), cfg.nz0, cfg.nz1)
         else:
-            self.head1 = nn.Linear(cfg.features, cfg.nz1)
+            self.b1 = nn.Linear(cfg.features, cfg.nz1)
             self.g10 = SkipMLP(cfg.nz1, list(cfg.g10_hidden), cfg.nz0)
 
 
@@ -179,15 +194,16 @@ class HVAE(Method):
         return self.decoder.net(z1).float()
 
     @property
-    def log_sigma(self) -> Tensor:
+    def log_sigma(self) -> Tensor | None:
         return self.decoder.log_sigma
 
     def heads(self, x: Tensor) -> tuple[Tensor, ...]:
         """Ladder: (a0, a1); reverse: (b1,)."""
         h = self.encoder.trunk(x)
         if self.cfg.order == "ladder":
-            return self.encoder.head0(h).float(), self.encoder.head1(h).float()
-        return (self.encoder.head1(h).float(),)
+            a0, a1 = self.encoder.heads(h)
+            return a0.float(), a1.float()
+        return (self.encoder.b1(h).float(),)
 
     def g10(self, z1: Tensor) -> Tensor:
         """Logits of the reverse encoder's q(z0|z1)."""
@@ -231,29 +247,71 @@ class HVAE(Method):
         return z0, z1
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """n images E[x|z1] for random codes (z0, z1) ~ p(z)."""
+    def sample(self, n: int, image: str = "mean") -> Tensor:
+        """n images, E[x|z1] (``image="mean"``) or the mode of p(x|z1), for codes z ~ p(z)."""
+        if image not in IMAGES:
+            raise ConfigError(f"Unknown image kind {image!r}; use mean or mode.")
         _, z1 = self.sample_prior(n)
-        return L.mean_x(self.decode(z1), self.cfg.likelihood)
+        return L.image_x(self.decode(z1), self.cfg.likelihood, image)
+
+    def released_chain_start(self) -> str:
+        """Where the released ``generate_data.py`` starts the limiting chain for this model:
+        binary noise for the Gaussian (Fashion-MNIST) model (fmnist-ladder:72), the thresholded
+        image of a random code for the reverse order (mnist-reverse:63), a model sample x ~ p
+        for the ladder order (mnist-ladder:81)."""
+        if self.cfg.likelihood == "gaussian":
+            return "binary"
+        return "mode" if self.cfg.order == "reverse" else "sample"
 
     @torch.no_grad()
-    def sample_limiting(self, n: int, steps: int | None = None, x: Tensor | None = None) -> Tensor:
+    def chain_start(self, n: int, start: str = "noise") -> Tensor:
+        """n starting images of the limiting chain.
+
+        ``noise``: uniform binary pixels (Bernoulli) or uniform grey levels (Gaussian);
+        ``binary``: uniform binary pixels; ``sample``: x ~ p(x, z); ``mode``: the mode of
+        p(x|z1) for z ~ p(z); ``released``: what the released code uses for this model
+        (:meth:`released_chain_start`).
+        """
+        if start not in CHAIN_STARTS:
+            raise ConfigError(
+                f"Unknown chain start {start!r}; use one of {', '.join(CHAIN_STARTS)}.")
+        if start == "released":
+            start = self.released_chain_start()
+        shape = (n, *self.info.image_shape)
+        if start == "sample":
+            return self.sample_joint(n)[2]
+        if start == "mode":
+            return self.sample(n, image="mode")
+        x = torch.rand(shape, device=self.device)
+        if start == "binary" or self.cfg.likelihood == "bernoulli":
+            x = (x < 0.5).float()
+        return x
+
+    @torch.no_grad()
+    def sample_limiting(
+        self, n: int, steps: int | None = None, start: str | Tensor = "noise",
+        image: str = "mean", tick: Callable[[int], Any] | None = None,
+    ) -> Tensor:
         """n images from the limiting distribution of ``x -> z ~ q(z|x) -> x ~ p(x|z)``.
 
-        ``n`` chains run in parallel for ``steps`` transitions from noise (uniform binary pixels
-        or uniform grey levels) or from ``x``; returns E[x|z1] of the last transition.
+        ``n`` chains run in parallel: ``steps`` sampled transitions from ``start`` (a name of
+        :meth:`chain_start` or a batch of images), then ``z ~ q(z|x_steps)`` and the image of
+        p(x|z1) (``image``: mean or mode). With ``steps=1000``, ``start="released"`` and
+        ``image="mode"`` this is the released ``generate_data.py:80-88``. ``tick(1)`` is called
+        after every transition (progress).
         """
         steps = self.cfg.chain_steps if steps is None else steps
-        shape = (n, *self.info.image_shape)
-        if x is None:
-            x = torch.rand(shape, device=self.device)
-            if self.cfg.likelihood == "bernoulli":
-                x = (x < 0.5).float()
-        out = self.decode(self.sample_posterior(x)[1])
-        for _ in range(max(steps, 1) - 1):
-            x = L.sample_x(out, self.cfg.likelihood, self.log_sigma)
-            out = self.decode(self.sample_posterior(x)[1])
-        return L.mean_x(out, self.cfg.likelihood)
+        if steps < 0:
+            raise ConfigError(f"The number of chain steps must be >= 0, got {steps}.")
+        if image not in IMAGES:
+            raise ConfigError(f"Unknown image kind {image!r}; use mean or mode.")
+        x = self.chain_start(n, start) if isinstance(start, str) else start
+        for _ in range(steps):
+            x = L.sample_x(self.decode(self.sample_posterior(x)[1]), self.cfg.likelihood,
+                           self.log_sigma)
+            if tick is not None:
+                tick(1)
+        return L.image_x(self.decode(self.sample_posterior(x)[1]), self.cfg.likelihood, image)
 
     @torch.no_grad()
     def sample_joint(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -303,18 +361,23 @@ class HVAE(Method):
         terms.update(mi)
         return terms
 
-    def symmetric_terms(self, x: Tensor) -> dict[str, Tensor]:
-        """The two players' losses: ``loss_decoder`` (z ~ q) and ``loss_encoder`` ((z, x) ~ p)."""
+    def decoder_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """The decoder's step: ``loss_decoder = -mean log p(x, z)`` with z ~ q(z|x), no gradient
+        through the samples (plus the mutual-information diagnostic of the first latent)."""
         cfg = self.cfg
         with torch.no_grad():
             data_heads = self.heads(x)
         z0, z1 = self.sample_posterior(x, data_heads)
         mi_name = "mi_z0" if cfg.order == "ladder" else "mi_z1"
-        mi = {mi_name: L.mutual_information(data_heads[0])}
         loss_p = L.decoder_ml_loss(x, z0, z1, self.f01, self.decode, cfg.likelihood,
                                    self.log_sigma)
-        zs0, zs1, xs = self.sample_joint(x.shape[0])
-        if cfg.order == "ladder":
+        return {"loss_decoder": loss_p, mi_name: L.mutual_information(data_heads[0])}
+
+    def encoder_terms(self, n: int) -> dict[str, Tensor]:
+        """The encoder's step: ``loss_encoder = -mean log q(z|x)`` on n samples (z, x) ~ p
+        drawn from the decoder as it is now."""
+        zs0, zs1, xs = self.sample_joint(n)
+        if self.cfg.order == "ladder":
             a0, a1 = self.heads(xs)
             with torch.no_grad():
                 prior1 = self.f01(zs0)
@@ -322,7 +385,34 @@ class HVAE(Method):
         else:
             (b1,) = self.heads(xs)
             loss_q = L.reverse_encoder_ml_loss(zs0, zs1, b1, self.g10)
-        return {"loss": loss_p + loss_q, "loss_decoder": loss_p, "loss_encoder": loss_q, **mi}
+        return {"loss_encoder": loss_q}
+
+    def symmetric_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Both players' losses at the current parameters, without a step (``loss`` = their
+        sum, differentiable; for FLOP counts and diagnostics). Training uses
+        :meth:`symmetric_iteration`, whose encoder loss sees the updated decoder."""
+        terms = {**self.decoder_terms(x), **self.encoder_terms(x.shape[0])}
+        terms["loss"] = terms["loss_decoder"] + terms["loss_encoder"]
+        return terms
+
+    def symmetric_iteration(
+        self, x: Tensor, step: Callable[[str, Tensor], None]
+    ) -> dict[str, Tensor]:
+        """One iteration of symmetric learning in the released order (``main_sym.py:74-80``):
+        the decoder's step on (x, z ~ q(z|x)), **then** samples (z, x) ~ p from the updated
+        decoder and the encoder's step on them. ``step(player, loss)`` takes one optimizer step
+        of ``player`` ("decoder" or "encoder") on ``loss``."""
+        terms = self.decoder_terms(x)
+        if self.config.trainer.check_finite:
+            self.check_finite(terms)  # before the decoder moves
+        step("decoder", terms["loss_decoder"])
+        enc = self.encoder_terms(x.shape[0])
+        if self.config.trainer.check_finite:
+            self.check_finite(enc)  # before the encoder moves
+        step("encoder", enc["loss_encoder"])
+        terms.update(enc)
+        terms["loss"] = terms["loss_decoder"].detach() + terms["loss_encoder"].detach()
+        return terms
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         return self.elbo_terms(self.training_input(images))
@@ -331,14 +421,16 @@ class HVAE(Method):
         if self.automatic_optimization:
             return super().training_step(batch, batch_idx)
         images, _ = batch
-        terms = self.symmetric_terms(self.training_input(images))
-        if self.config.trainer.check_finite:
-            self.check_finite(terms)  # before either player moves
         opt_p, opt_q = self.optimizers()
-        for opt, loss in ((opt_p, terms["loss_decoder"]), (opt_q, terms["loss_encoder"])):
+        optimizers = {"decoder": opt_p, "encoder": opt_q}
+
+        def step(player: str, loss: Tensor) -> None:
+            opt = optimizers[player]
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()
+
+        terms = self.symmetric_iteration(self.training_input(images), step)
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()
         self.log_terms(terms, images.shape[0])
