@@ -27,8 +27,11 @@ def build_encoder(
     out_dim: int | None,
     hidden: list[int] | None = None,
     width: int = 32,
+    feature_dim: int = 128,
 ) -> tuple[nn.Module, int]:
-    """(encoder, output dim): maps (N, C, H, W) to (N, out_dim) (or features when out_dim None)."""
+    """(encoder, output dim): maps (N, C, H, W) to (N, out_dim) (or features when out_dim None).
+
+    ``feature_dim``: the feature size of ``conv64`` (its last convolution's channels)."""
     kind = resolve_kind(kind, image_shape)
     if kind == "mlp":
         from selfsup.nets.mlp import MLPEncoder
@@ -43,7 +46,7 @@ def build_encoder(
     if kind == "conv64":
         from selfsup.nets.conv64 import Conv64Encoder
 
-        enc64 = Conv64Encoder(image_shape, width=width)
+        enc64 = Conv64Encoder(image_shape, width=width, out_dim=feature_dim)
         if out_dim is None:
             return enc64, enc64.out_dim
         return nn.Sequential(enc64, nn.Linear(enc64.out_dim, out_dim)), out_dim
