@@ -157,8 +157,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--max-samples applies to `selfsup eval factors` only.")
     options: dict = {}
     if args.protocol is not None:
-        if args.probe != "linear":
-            raise ConfigError("--protocol applies to `selfsup eval linear` only.")
+        if args.probe != "linear" or args.protocol not in ("lbfgs", "sgd", "adam"):
+            raise ConfigError(
+                "--protocol lbfgs|sgd|adam applies to `selfsup eval linear`, --protocol "
+                "released|tuned to `selfsup eval factors`."
+            )
         options["protocol"] = args.protocol
     for key in ("epochs", "lr", "batch_size"):
         value = getattr(args, key)
@@ -231,13 +234,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _eval_factors(args: argparse.Namespace, method: Any) -> int:
     from selfsup.evaluate.factors import evaluate_factors, format_table, save_result
 
-    for key in ("protocol", "epochs", "lr", "batch_size"):
+    for key in ("epochs", "lr", "batch_size"):
         if getattr(args, key, None) is not None:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"{flag} does not apply to `selfsup eval factors`.")
+    protocol = args.protocol or "released"
+    if protocol not in ("released", "tuned"):
+        raise ConfigError(
+            f"`selfsup eval factors --protocol {protocol}` is not a factor-probe protocol; use "
+            "released (ridge alpha 1 without intercept, the default) or tuned (alpha chosen on "
+            "the in-distribution heldout split)."
+        )
     result = evaluate_factors(
         method, args.data_dir, device=args.device, max_samples=args.max_samples or 0,
-        seed=args.seed,
+        seed=args.seed, protocol=protocol,
     )
     result["run"] = str(args.run)
     result["json_file"] = str(save_result(result, args.run))
@@ -457,10 +467,12 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
-        "--protocol", choices=["lbfgs", "sgd", "adam"],
-        help="linear only: lbfgs (default; weight decay chosen on a validation split) or the "
+        "--protocol", choices=["lbfgs", "sgd", "adam", "released", "tuned"],
+        help="linear: lbfgs (default; weight decay chosen on a validation split) or the "
         "papers' fixed-epoch protocol: a linear layer trained by SGD (Nesterov) or Adam with a "
-        "cosine schedule, e.g. --protocol sgd --epochs 50",
+        "cosine schedule, e.g. --protocol sgd --epochs 50; factors: released (default; ridge "
+        "alpha 1 without intercept, as the soft-discretization code) or tuned (intercept, alpha "
+        "chosen on the in-distribution heldout split)",
     )
     ev.add_argument("--epochs", type=int, help="epochs of the SGD/Adam protocol or MLP probe")
     ev.add_argument("--lr", type=float, help="base learning rate (protocol: scaled by batch/256)")
