@@ -190,7 +190,8 @@ def _mpi3d_parts(sizes: tuple[int, ...], k: int) -> dict[str, np.ndarray]:
 
 
 def released_heldout_split(n: int, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keep, holdout) positions in ``range(n)`` by the released rule (``loaders/dsprites.py:71-86``):
+    """(keep, holdout) positions in ``range(n)`` by the released rule
+    (SoftDiscrete_SSL ``src/common/loaders/dsprites.py:71-86``, the same for MPI3D):
     ``random_split(train, [n_train, n - n_train], seed 100)`` gives the training part and a rest;
     ``random_split(rest, [m, len(rest) - m], seed 102)`` with ``m = min(len(rest) // 2, 50000)``
     gives the in-distribution held-out set. ``random_split`` is ``randperm(n, generator)`` cut in

@@ -182,9 +182,9 @@ def factor_probes(
     if select_on is None and len(alphas) != 1:
         raise ConfigError(f"Without a selection split the probe needs one alpha, got {alphas}.")
     if "train" not in factors or (select_on is not None and select_on not in factors):
+        needed = "train" + (f" and {select_on}" if select_on else "")
         raise DataError(
-            f"Factor probes need the train split{f' and the {select_on} split' if select_on else ''}"
-            f" (splits found: {', '.join(factors) or 'none'})."
+            f"Factor probes need the {needed} split(s); found: {', '.join(factors) or 'none'}."
         )
     splits = list(factors)
     rows: list[dict[str, Any]] = []
