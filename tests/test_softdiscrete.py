@@ -260,3 +260,30 @@ def test_presets_follow_the_launch_scripts(method, dataset, n_train):
 def test_mpi3d_crop_interpolation_is_nearest():
     assert mpi3d.AUGMENT["interpolation"] == "nearest"  # loaders/mpi3d.py:59-61
     assert pipelines.build_config("byol", "mpi3d-toy").augment.interpolation == "nearest"
+
+
+# --------------------------------------------------------------------- the shared target network
+def test_momentum_target_is_one_helper_for_byol_and_moco():
+    """Frozen EMA copies of backbone, embedder, bridge and projector; cosine (BYOL) or constant
+    (MoCo) momentum; neither method re-implements training_loss."""
+    from selfsup.methods.byol import BYOL
+    from selfsup.methods.joint_embedding import JointEmbedding
+    from selfsup.methods.mocosimclr import MoCoSimCLR
+    from selfsup.nets.ema import cosine_momentum
+
+    info = DataInfo("digits", (1, 8, 8), 10, True)
+    byol = BYOL(pipelines.build_config("byol", "digits", flags={"epochs": 2}), info)
+    moco = MoCoSimCLR(pipelines.build_config("mocosimclr", "digits", flags={"queue_size": 256,
+                                                                           "batch_size": 128}),
+                      info)
+    for model in (byol, moco):
+        assert isinstance(model.target, MomentumTarget)
+        assert set(model.target) == {"backbone", "embedder", "bridge", "projector"}
+        assert not any(p.requires_grad for p in model.target.parameters())
+        assert type(model).training_loss is JointEmbedding.training_loss
+        assert type(model).optimizer_step is JointEmbedding.optimizer_step
+    byol.steps_per_epoch = 10
+    assert byol.target_momentum(7) == pytest.approx(cosine_momentum(7, 20, 0.99, 1.0))
+    assert moco.target_momentum(0) == moco.target_momentum(10**6) == 0.99
+    with pytest.raises(ConfigError, match="momentum"):
+        MomentumTarget({"a": torch.nn.Linear(2, 2)}, 0.9, 0.5)
