@@ -257,9 +257,29 @@ def test_presets_follow_the_launch_scripts(method, dataset, n_train):
     assert config.augment.normalize_stats == "train"
 
 
-def test_mpi3d_crop_interpolation_is_nearest():
-    assert mpi3d.AUGMENT["interpolation"] == "nearest"  # loaders/mpi3d.py:59-61
-    assert pipelines.build_config("byol", "mpi3d-toy").augment.interpolation == "nearest"
+def test_mpi3d_crop_is_torchvision_nearest_pixel_for_pixel():
+    """loaders/mpi3d.py:59-61: RandomResizedCrop(..., NEAREST) on float tensors, i.e.
+    F.interpolate(mode="nearest"): ours with interpolation nearest-legacy gives the same pixels."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from selfsup.data.augment import AugmentConfig, BatchAugment
+
+    assert mpi3d.AUGMENT["interpolation"] == "nearest-legacy"
+    assert pipelines.build_config("byol", "mpi3d-toy").augment.interpolation == "nearest-legacy"
+    x = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for mode, tv_mode in (("nearest-legacy", InterpolationMode.NEAREST),
+                          ("nearest", InterpolationMode.NEAREST_EXACT)):
+        aug = BatchAugment(AugmentConfig(crop_scale=[0.5, 1.0], interpolation=mode), (3, 64, 64))
+        params = aug.sample_params(12, generator=torch.Generator().manual_seed(1))
+        params["hflip"][:] = False
+        out = aug._geometry(x, params)
+        for i in range(12):
+            top, left, h, w = (int(v) for v in params["box"][i])
+            ref = TF.resized_crop(x[i], top, left, h, w, [64, 64], interpolation=tv_mode)
+            assert torch.equal(out[i], ref), (mode, i)
+    with pytest.raises(ConfigError, match="nearest-legacy"):
+        AugmentConfig(interpolation="nearest-legacy", affine_degrees=4.0).validate()
 
 
 # --------------------------------------------------------------------- the shared target network

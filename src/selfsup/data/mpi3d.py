@@ -46,10 +46,10 @@ FACTOR_KINDS = (CATEGORICAL,) * 5 + (CONTINUOUS,) * 2
 OPTIONS = {"split_scheme": "ood", "ood_k": 0, "heldout_fraction": 0.1,
            "heldout_split": "fraction", "n_train": 0}
 # The released MPI3D augmentation (SoftDiscrete_SSL src/common/loaders/mpi3d.py:57-64): random
-# resized crop (scale 0.5-1, nearest interpolation) with p = 0.9, colour jitter (0.4, 0.4, 0.4, 0)
-# with p = 0.8, grayscale with p = 0.2.
+# resized crop (scale 0.5-1, torchvision's tensor NEAREST) with p = 0.9, colour jitter
+# (0.4, 0.4, 0.4, 0) with p = 0.8, grayscale with p = 0.2.
 AUGMENT = augment_preset(crop_scale=[0.5, 1.0], crop_prob=0.9, jitter=[0.4, 0.4, 0.4, 0.0],
-                         jitter_prob=0.8, grayscale=0.2, interpolation="nearest")
+                         jitter_prob=0.8, grayscale=0.2, interpolation="nearest-legacy")
 # The grid sizes the loaders expect (tests substitute a smaller grid here).
 GRID_SIZES: tuple[int, ...] = MPI3D_SIZES
 
