@@ -212,8 +212,9 @@ class VQBridge(Bridge):
             self.ema_updates = False
 
     def distances(self, vectors: Tensor) -> Tensor:
-        """Squared Euclidean distances (M, V) of the rows of ``vectors`` to the codes."""
-        c = self.codebook.to(vectors.dtype)
+        """Squared Euclidean distances (M, V) of the rows of ``vectors`` to the codes (no
+        gradient: codes are chosen, not differentiated)."""
+        c = self.codebook.detach().to(vectors.dtype)
         return vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ c.T + c.pow(2).sum(1)[None]
 
     def assign(self, vectors: Tensor) -> Tensor:
