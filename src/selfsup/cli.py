@@ -25,7 +25,7 @@ EPILOG = """examples:
   selfsup train vae --dataset digits --beta 4 --set optim.lr=3e-4
   selfsup train --resume runs/vae-mnist --epochs 20
   selfsup eval linear --run runs/vae-mnist --json
-  selfsup eval linear --run runs/vicreg-cifar10 --protocol sgd --epochs 50
+  selfsup eval linear --run runs/vicreg-cifar10 --protocol sgd-augmented
   selfsup generate --run runs/vae-mnist --n 64 --out samples/
   selfsup generate --run runs/hvae-mnist --mode limiting --steps 1000 --n 1000 --out gen/
   selfsup fid gen/samples ref/ --inception-weights inception.pt --json
@@ -148,6 +148,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup import pipelines
 
+    if args.test_unnormalized and (args.probe, args.protocol) != ("linear", "sgd-augmented"):
+        raise ConfigError("--test-unnormalized applies to `eval linear --protocol sgd-augmented`.")
     method = pipelines.load_run(args.run, device=args.device)
     if args.probe == "factors":
         return _eval_factors(args, method)
@@ -157,12 +159,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--max-samples applies to `selfsup eval factors` only.")
     options: dict = {}
     if args.protocol is not None:
-        if args.probe != "linear" or args.protocol not in ("lbfgs", "sgd", "adam"):
+        if args.probe != "linear" or args.protocol in ("released", "tuned"):
             raise ConfigError(
-                "--protocol lbfgs|sgd|adam applies to `selfsup eval linear`, --protocol "
-                "released|tuned to `selfsup eval factors`."
+                "--protocol lbfgs|sgd|adam|sgd-augmented applies to `selfsup eval linear`, "
+                "--protocol released|tuned to `selfsup eval factors`."
             )
         options["protocol"] = args.protocol
+    if args.test_unnormalized:
+        options["normalize_test"] = False
     for key in ("epochs", "lr", "batch_size"):
         value = getattr(args, key)
         if value is None:
@@ -467,12 +471,19 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
-        "--protocol", choices=["lbfgs", "sgd", "adam", "released", "tuned"],
+        "--protocol", choices=["lbfgs", "sgd", "adam", "sgd-augmented", "released", "tuned"],
         help="linear: lbfgs (default; weight decay chosen on a validation split) or the "
         "papers' fixed-epoch protocol: a linear layer trained by SGD (Nesterov) or Adam with a "
-        "cosine schedule, e.g. --protocol sgd --epochs 50; factors: released (default; ridge "
-        "alpha 1 without intercept, as the soft-discretization code) or tuned (intercept, alpha "
-        "chosen on the in-distribution heldout split)",
+        "cosine schedule, e.g. --protocol sgd --epochs 50; sgd-augmented: augustwester/vicreg's "
+        "eval.py (plain SGD lr 0.02, weight decay 1e-6, 50 epochs, cosine per epoch, on "
+        "randomly cropped and flipped training images through the frozen encoder). factors: "
+        "released (default; ridge alpha 1 without intercept, as the soft-discretization code) "
+        "or tuned (intercept, alpha chosen on the in-distribution heldout split)",
+    )
+    ev.add_argument(
+        "--test-unnormalized", action="store_true",
+        help="sgd-augmented only: score un-normalised test images, as the original eval.py does "
+        "(a bug there)",
     )
     ev.add_argument("--epochs", type=int, help="epochs of the SGD/Adam protocol or MLP probe")
     ev.add_argument("--lr", type=float, help="base learning rate (protocol: scaled by batch/256)")

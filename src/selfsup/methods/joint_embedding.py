@@ -7,11 +7,14 @@ Pipeline for a uint8 batch x of N images:
     z_v = g(h_v)                          projector g: (Linear-BN-ReLU) x (k-1) + Linear
     loss = L(views)                       the method's loss (the only thing subclasses change)
 
-:meth:`JointEmbedding.forward_views` is the one place the views go through the networks (one view
-at a time, so batch-norm statistics are per view as in the reference implementations); it returns
-a :class:`Views` record. A symmetric method implements ``pair_loss(z_a, z_b)``; an asymmetric one
-(BYOL, MoCo-SimCLR) overrides ``views_loss(views)`` only. Methods with a target (momentum)
-network declare its momentum in ``momentum_bounds()``: the target, a
+:meth:`JointEmbedding.forward_views` is the one place the views go through the networks: one view
+at a time, so batch-norm statistics are per view as in the reference implementations, or, with
+``concat_views: true``, both views as ONE batch (f, g and a target see ``cat(x_a, x_b)``:
+batch-norm statistics over 2N samples, as augustwester/vicreg's ``model.py:41-43`` and the
+soft-discretization MoCo-SimCLR's ``--pass_views_together``). It returns a :class:`Views`
+record. A symmetric method implements ``pair_loss(z_a, z_b)``; an asymmetric one (BYOL,
+MoCo-SimCLR) overrides ``views_loss(views)`` only. Methods with a target (momentum) network
+declare its momentum in ``momentum_bounds()``: the target, a
 :class:`~selfsup.nets.ema.MomentumTarget` of backbone, embedder, bridge and projector, is built
 here, its projections z'_v are in ``views.target``, and it is updated after every optimizer step.
 
@@ -72,7 +75,8 @@ class JointEmbeddingConfig:
     size (the released hidden_size); ``hidden``: MLP backbone widths. ``proj_dims``: projector
     layer sizes, hidden sizes then output size; ``proj_last_bn``: last projector layer without
     bias, followed by BatchNorm. ``gather_distributed``: compute batch statistics of the loss
-    over all devices.
+    over all devices. ``concat_views``: both views through the networks (and the target) as one
+    concatenated batch (batch norm over the 2N views).
 
     Bottleneck: ``encode_method`` continuous | softmax | gumbel | vq; ``message_size`` L (groups),
     ``vocab_size`` V (symbols per group), ``tau`` (None: 1), ``hard`` (softmax / gumbel:
@@ -104,6 +108,7 @@ class JointEmbeddingConfig:
     embed_hidden: list[int] = field(default_factory=lambda: [1024])
     embed_dim: int = 0
     embed_bn: bool = True
+    concat_views: bool = False
 
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
@@ -228,10 +233,7 @@ class JointEmbedding(Method):
         cfg = config.model
         cfg.backbone = resolve_backbone(cfg.backbone, info.image_shape)
         cfg.width = cfg.width or DEFAULT_WIDTH.get(cfg.backbone, 32)
-        self.backbone, self.feature_dim = build_encoder(
-            cfg.backbone, info.image_shape, None, list(cfg.hidden), cfg.width,
-            feature_dim=cfg.feature_dim,
-        )
+        self.backbone, self.feature_dim = self.build_backbone()
         self.embedder, self.bridge = self.build_bottleneck(self.feature_dim)
         self.projector = self.build_projector(self.bridge.out_dim)
         bounds = self.momentum_bounds()
@@ -245,6 +247,14 @@ class JointEmbedding(Method):
         return {"augment": simclr_augmentations(info)}
 
     # ------------------------------------------------------------------------------- networks
+    def build_backbone(self) -> tuple[nn.Module, int]:
+        """(backbone f, feature size) for ``model.backbone`` (VICReg adds ResNet stem options)."""
+        cfg = self.config.model
+        return build_encoder(
+            cfg.backbone, self.info.image_shape, None, list(cfg.hidden), cfg.width,
+            feature_dim=cfg.feature_dim,
+        )
+
     def build_bottleneck(self, in_dim: int) -> tuple[nn.Module, Bridge]:
         """(embedder, bridge) for ``model.encode_method`` on backbone features of size in_dim."""
         cfg = self.config.model
@@ -356,15 +366,25 @@ class JointEmbedding(Method):
 
     def forward_views(self, x_a: Tensor, x_b: Tensor) -> Views:
         """Both views through the online network, one view at a time (per-view batch-norm
-        statistics), then through the target network when the method has one."""
-        h_a = self.backbone(x_a)
-        z_a, aux_a = self.project(h_a)
-        h_b = self.backbone(x_b)
-        z_b, aux_b = self.project(h_b)
+        statistics) or, with ``concat_views``, as one batch; then through the target network
+        (the same way) when the method has one."""
         target = None
-        if self.target is not None:
-            target = (self.target_projection(x_a), self.target_projection(x_b))
-        return Views((x_a, x_b), (h_a, h_b), (z_a.float(), z_b.float()), (aux_a, aux_b), target)
+        if self.config.model.concat_views:  # one batch: BN statistics over both views
+            h = self.backbone(torch.cat([x_a, x_b]))
+            z, aux = self.project(h)
+            (h_a, h_b), (z_a, z_b) = h.chunk(2), z.chunk(2)
+            aux_a = aux_b = aux  # already the mean over both views
+            if self.target is not None:
+                target = self.target_projection(torch.cat([x_a, x_b])).chunk(2)
+        else:
+            h_a = self.backbone(x_a)
+            z_a, aux_a = self.project(h_a)
+            h_b = self.backbone(x_b)
+            z_b, aux_b = self.project(h_b)
+            if self.target is not None:
+                target = (self.target_projection(x_a), self.target_projection(x_b))
+        return Views((x_a, x_b), (h_a, h_b), (z_a.float(), z_b.float()), (aux_a, aux_b),
+                     None if target is None else tuple(target))
 
     def pair_loss(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
         """The method's loss on the two projections; returns ``{"loss", <terms>}``."""
