@@ -92,12 +92,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from selfsup import pipelines
 
     if args.resume:
-        if extra or args.method:
-            raise ConfigError(
-                "--resume continues a run with its saved configuration; only --epochs may be "
-                "given with it (to extend the run)."
-            )
-        _, result = pipelines.resume(args.resume, epochs=args.epochs)
+        _, result = _resume(args, extra)
     else:
         if not args.method:
             raise ConfigError("Name a method to train, e.g. `selfsup train vae --dataset mnist`.")
@@ -140,16 +135,67 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         "interrupted": result.interrupted,
     }
     title = "Training interrupted; checkpoint saved." if result.interrupted else "Training done."
+    if result.aborted:
+        title = "Training stopped at once (second Ctrl-C); the step in flight was not saved."
     if not pipelines.is_launched_worker():
         _emit(summary, args.json, title)
+    if result.aborted:
+        print(
+            f"selfsup: stopped by a second Ctrl-C. The last checkpoint is {result.last_checkpoint} "
+            f"(step {result.global_step}); continue with `selfsup train --resume "
+            f"{result.run_dir}`.",
+            file=sys.stderr,
+        )
+        return 130
     return 0
+
+
+#: How each `selfsup train` option given with --resume maps to a config key (refused by
+#: pipelines.resume unless it is one of pipelines.RESUME_KEYS).
+RESUME_FLAGS = {
+    "data_dir": "data.dir", "download": "data.download", "epochs": "trainer.epochs",
+    "batch_size": "data.batch_size", "seed": "seed", "devices": "trainer.devices",
+    "strategy": "trainer.strategy", "precision": "trainer.precision",
+    "accelerator": "trainer.accelerator",
+}
+
+
+def _resume(args: argparse.Namespace, extra: list[str]) -> Any:
+    """`selfsup train --resume RUN [options]`: each option is applied (and recorded in the
+    run's config history) or refused with exit 2, naming it."""
+    from selfsup import pipelines
+
+    fixed = [f"--{name.replace('_', '-')}" for name in ("config", "dataset", "out", "no_preset")
+             if getattr(args, name)]
+    fixed += ([f"the method {args.method!r}"] if args.method else []) + extra
+    if fixed:
+        raise ConfigError(
+            f"--resume continues the run in its own folder with its saved method, dataset and "
+            f"configuration, so {', '.join(fixed)} cannot be given with it. Options a resume "
+            "accepts: --epochs, --data-dir, --download, --accelerator, --no-progress, --json and "
+            f"--set KEY=VALUE for {', '.join(sorted(pipelines.RESUME_KEYS))}."
+        )
+    sets, given_as = [], {}
+    for name, key in RESUME_FLAGS.items():
+        value = getattr(args, name)
+        if value is not None and value is not False:
+            flag = f"--{name.replace('_', '-')}"
+            sets.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+            given_as[key] = f"{flag} {value}" if value is not True else flag
+    for item in args.set or []:
+        sets.append(item)
+        given_as.setdefault(item.split("=", 1)[0].strip(), f"--set {item}")
+    progress = False if (args.no_progress or args.json) else None
+    return pipelines.resume(args.resume, sets=sets, given_as=given_as, progress_bar=progress)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from selfsup import pipelines
+    from selfsup.rundir import RunFolder
 
     if args.test_unnormalized and (args.probe, args.protocol) != ("linear", "sgd-augmented"):
         raise ConfigError("--test-unnormalized applies to `eval linear --protocol sgd-augmented`.")
+    RunFolder(args.run).check_eval_writable()  # before computing: a result is never lost
     method = pipelines.load_run(args.run, device=args.device)
     if args.probe == "factors":
         return _eval_factors(args, method)
@@ -305,6 +351,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """`selfsup export --run RUN --out FILE [--format ...]`: the frozen encoder for reuse."""
+    from selfsup import pipelines
+    from selfsup.export import export_encoder
+
+    method = pipelines.load_run(args.run, checkpoint=args.checkpoint)
+    spec = export_encoder(method, args.out, args.format, run_dir=args.run)
+    summary = {"file": str(args.out), "description": spec["json"], "format": args.format,
+               "layout": spec.get("layout", args.format), "feature_dim": spec["output"]["shape"][1],
+               "input": "x".join(str(v) for v in spec["input"]["shape"][1:])}
+    _emit(summary, args.json, "Wrote:")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from selfsup.data import check_dataset, list_datasets
 
@@ -361,9 +421,10 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from selfsup import pipelines
+    from selfsup.rundir import RunFolder
 
     out = Path(args.out)
-    if (out / pipelines.CONFIG_FILE).exists():
+    if RunFolder(out).is_run():
         import shutil
 
         shutil.rmtree(out)
@@ -386,7 +447,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "train_seconds": round(result.seconds, 2),
         "linear_probe_accuracy": evaluation["accuracy"],
         "run_dir": str(out),
-        "images": str(out / "images"),
+        "images": str(RunFolder(out).image_dir),
     }
     _emit(summary, args.json, "Demo: VAE on scikit-learn digits (no download).")
     return 0
@@ -567,6 +628,32 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     cmp_.add_argument("--reuse", action="store_true", help="keep existing runs, re-evaluate them")
     cmp_.add_argument("--json", action="store_true")
 
+    exp = sub.add_parser(
+        "export",
+        help="write a run's frozen encoder for use elsewhere (safetensors, TorchScript, ONNX)",
+        description="Write the frozen encoder of a run (the representation the probes use) to\n"
+        "FILE, and FILE.json describing how to build and feed it (input shape, [0, 1]\n"
+        "scaling, normalisation).\n\n"
+        "  safetensors  the weights only; for torchvision ResNet backbones the keys load into\n"
+        "               torchvision.models.resnet18/34/50 once the layers FILE.json names are\n"
+        "               replaced (e.g. the CIFAR stem)\n"
+        "  torchscript  the whole computation with the preprocessing (torch.jit.load)\n"
+        "  onnx         the same for onnxruntime (needs `pip install onnx onnxruntime`)\n\n"
+        "Every export is checked to reproduce the run's features before the command returns.",
+        epilog="examples:\n  selfsup export --run runs/vicreg-cifar10 --out vicreg.safetensors\n"
+        "  selfsup export --run runs/vae-mnist --out vae.pt --format torchscript\n"
+        "  selfsup export --run runs/vae-mnist --out vae.onnx --format onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("--run", required=True, help="run folder")
+    exp.add_argument("--out", required=True,
+                     help="output file (.safetensors, .pt or .onnx); FILE.json goes beside it")
+    exp.add_argument("--format", choices=["safetensors", "torchscript", "onnx"],
+                     default="safetensors", help="safetensors (default), torchscript or onnx")
+    exp.add_argument("--checkpoint", metavar="PATH",
+                     help="a checkpoint of the run other than checkpoints/last.ckpt")
+    exp.add_argument("--json", action="store_true", help="print one JSON object")
+
     data = sub.add_parser(
         "data", help="list datasets, check that one is present and valid, or prepare MPI3D"
     )
@@ -610,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_demo(args)
     except SelfsupError as exc:
         print(f"selfsup: error: {exc}", file=sys.stderr)
