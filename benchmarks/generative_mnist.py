@@ -17,7 +17,10 @@ number of epochs over the same (optionally subsampled, ``--train-size``) trainin
   set to mu (10-d) so that all four are probed on the same-size feature.
 
 Augmented models use the released SimVAE MNIST augmentations (random resized crop scale 0.4-1,
-ratio 0.75-1.3, vertical flip 0.5, binarise at 0.5). The BCE is NOT scaled by exp(-log_var_x)
+ratio 0.75-1.3, vertical flip 0.5). All four see the released MNIST preprocessing, binarisation
+at 0.5 (``augment.binarize``), on training views AND on every evaluation input (the probes'
+features are computed from binarised images, as in the released evaluation loader); AAVAE then
+normalises with the data layer's MNIST statistics. The BCE is NOT scaled by exp(-log_var_x)
 (the paper's ELBO; the released code scales it, ``bce_scaled_by_var``), so VAE and SimVAE weight
 reconstruction and prior alike. Evaluation: frozen representations of the full MNIST train/test
 splits, scored with ``pipelines.evaluate`` (linear, MLP and kNN probes; ``--probe-train-size``
@@ -40,23 +43,28 @@ from typing import Any
 import torch
 
 from selfsup import engine, pipelines
+from selfsup.data.preprocess import dataset_stats
 from selfsup.evaluate import mlp_probe
 from selfsup.methods import method_class
 
+PREPROCESS: dict[str, Any] = {"binarize": 0.5}  # the data's preprocessing, shared by all four
 MNIST_AUGMENT: dict[str, Any] = {
     "crop_scale": [0.4, 1.0],
     "crop_ratio": [0.75, 1.3],
     "vflip": 0.5,
     "hflip": 0.0,
-    "binarize": 0.5,
+    **PREPROCESS,
 }
-IDENTITY_AUGMENT: dict[str, Any] = {"crop_scale": [1.0, 1.0], "vflip": 0.0, "hflip": 0.0}
+IDENTITY_AUGMENT: dict[str, Any] = {
+    "crop_scale": [1.0, 1.0], "vflip": 0.0, "hflip": 0.0, **PREPROCESS
+}
 PROBES = ("linear", "mlp", "knn")
 
 
 def model_specs(hidden: list[int], latent: int) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (selfsup method, flags specific to that model)."""
     body = {"latent_dim": latent, "hidden": hidden, "encoder": "mlp", "decoder": "mlp"}
+    mean, std = dataset_stats("mnist", 1)
     return {
         "vae": ("vae", {"model": {**body, "likelihood": "bernoulli", "beta": 1.0},
                         "augment": IDENTITY_AUGMENT}),
@@ -70,7 +78,7 @@ def model_specs(hidden: list[int], latent: int) -> dict[str, tuple[str, dict[str
             "augment": MNIST_AUGMENT}),
         "aavae": ("aavae", {
             "model": {**body, "representation": "mu"},
-            "augment": {**MNIST_AUGMENT, "normalize": True, "mean": [0.1307], "std": [0.3081],
+            "augment": {**MNIST_AUGMENT, "normalize": True, "mean": mean, "std": std,
                         "jitter_prob": 0.0, "grayscale": 0.0}}),
     }
 

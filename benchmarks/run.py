@@ -14,6 +14,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "speed": ("benchmarks.speed", "matmul peak; VICReg vs per-image reference pipelines; SimVAE "
               "FLOPs, fraction of peak, bf16; time to 97% on MNIST"),
     "augment": ("benchmarks.augment_speed", "BatchAugment vs kornia vs per-image torchvision"),
+    "simvae-cifar-augment": ("benchmarks.simvae_cifar_augment",
+                             "SimVAE CIFAR-10 augmentation: released 256 px order vs 32 px crop"),
     "vae-mnist": ("benchmarks.vae_mnist", "VAE on MNIST: linear and kNN accuracy"),
     "generative-mnist": ("benchmarks.generative_mnist",
                          "VAE, augmented VAE, SimVAE, AAVAE on MNIST: linear/MLP/kNN"),

@@ -215,6 +215,13 @@ def torchvision_transform(augment: Any, size: int) -> Any:
     import torchvision.transforms as T
 
     steps: list[Any] = []
+    if augment.pre_resize:
+        steps.append(T.Resize((augment.pre_resize, augment.pre_resize), antialias=True))
+    jitter = []
+    if augment.jitter_prob and any(augment.jitter):
+        jitter = [T.RandomApply([T.ColorJitter(*augment.jitter)], p=augment.jitter_prob)]
+    if augment.jitter_first:
+        steps += jitter
     crop = T.RandomResizedCrop(size, scale=tuple(augment.crop_scale),
                                ratio=tuple(augment.crop_ratio), antialias=True)
     steps.append(crop if augment.crop_prob >= 1 else T.RandomApply([crop], p=augment.crop_prob))
@@ -222,8 +229,8 @@ def torchvision_transform(augment: Any, size: int) -> Any:
         steps.append(T.RandomHorizontalFlip(augment.hflip))
     if augment.vflip:
         steps.append(T.RandomVerticalFlip(augment.vflip))
-    if augment.jitter_prob and any(augment.jitter):
-        steps.append(T.RandomApply([T.ColorJitter(*augment.jitter)], p=augment.jitter_prob))
+    if not augment.jitter_first:
+        steps += jitter
     if augment.grayscale:
         steps.append(T.RandomGrayscale(augment.grayscale))
     if augment.blur_prob:

@@ -139,3 +139,26 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(blocks[0], "README.md: Use selfsup from Python", "exec"), namespace)  # noqa: S102
     assert (tmp_path / "runs" / "vae-digits-py" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_export_describes_the_declared_preprocessing_of_an_stl10_aavae():
+    """The description names the data layer's resize + center crop and normalisation, and the
+    recipe it states, applied with torchvision, gives the method's own evaluation input."""
+    import torchvision.transforms.v2.functional as TF
+
+    from selfsup.data.base import DataInfo
+    from selfsup.export import describe_preprocessing
+    from selfsup.methods import method_class
+
+    config = pipelines.build_config("aavae", "stl10", sets=["trainer.online_probe=false",
+                                                            "model.encoder=resnet18"])
+    method = method_class("aavae")(config, DataInfo("stl10", (3, 96, 96), 10, True)).eval()
+    spec = describe_preprocessing(method)
+    assert spec["verified"] and spec["binarize"] is None
+    assert spec["resize"]["shorter_side"] == 105 and spec["resize"]["crop"] == [96, 96]
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    x = TF.center_crop(TF.resize(images.float() / 255.0, [105], antialias=True), [96, 96])
+    mean = torch.tensor(spec["normalize"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(spec["normalize"]["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose((x - mean) / std, method.preprocess(images), atol=1e-4)

@@ -232,7 +232,7 @@ def test_eval_factors_end_to_end(tmp_path, small_dsprites, capsys):
     assert tuned["selection"] == "heldout" and tuned["fit_intercept"]
     assert cli.main(["eval", "factors", "--run", run, "--epochs", "3"]) == 2
     assert cli.main(["eval", "factors", "--run", run, "--protocol", "sgd"]) == 2
-    assert cli.main(["eval", "linear", "--run", run, "--protocol", "released"]) == 2
+    assert cli.main(["eval", "linear", "--run", run, "--protocol", "tuned"]) == 2
     assert cli.main(["eval", "linear", "--run", run, "--max-samples", "3"]) == 2
 
 

@@ -192,7 +192,7 @@ def test_presets_load(method, dataset):
         assert config.model.encoder == "resnet50" and config.optim.schedule == "warmup_constant"
         assert config.augment.normalize
     if dataset == "stl10":
-        assert config.data.train_split == "unlabeled"
+        assert config.data.train_split == "train+unlabeled"  # 99.5k in the release
     if dataset == "mnist":
         assert config.augment.binarize == 0.5 and config.model.encoder == "mlp"
 

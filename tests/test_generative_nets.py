@@ -8,7 +8,7 @@ from torch import nn
 
 from selfsup.errors import ConfigError
 from selfsup.nets.conv import ConvDecoder, ConvEncoder, decoder_side_chain
-from selfsup.nets.decoders import AAVAEResNetDecoder, SimVAEResNetDecoder, aavae_geometry
+from selfsup.nets.decoders import AAVAEResNetDecoder, SimVAEResNetDecoder
 from selfsup.nets.mlp import MLPDecoder, MLPEncoder
 from selfsup.nets.slim_resnet import SlimResNetEncoder
 
@@ -152,26 +152,19 @@ def test_simvae_resnet_decoder_rejects_unsupported_size() -> None:
         SimVAEResNetDecoder(16, image_size=28)
 
 
-def test_aavae_geometry_table() -> None:
-    assert aavae_geometry(64) == (4, 4)
-    assert aavae_geometry(32) == (3, 4)
-    assert aavae_geometry(96) == (4, 6)
-    assert aavae_geometry(28) == (2, 7)
-    assert aavae_geometry(8) == (1, 4)
-
-
 @pytest.mark.parametrize(
-    "size,channels,blocks,feat,grad",
+    "size,channels,blocks,feat,grad,stem",
     [
-        (8, 1, "basic", 64, True),
-        (28, 1, "basic", 64, False),
-        (32, 3, "basic", 512, True),
-        (64, 3, "basic", 64, False),
-        (96, 3, "basic", 64, False),
-        (32, 3, "bottleneck", 2048, False),
+        (16, 1, "basic", 64, True, "cifar"),
+        (32, 3, "basic", 512, True, "cifar"),
+        (64, 3, "basic", 64, False, "cifar"),
+        (96, 3, "basic", 64, False, "stl"),
+        (96, 3, "bottleneck", 64, True, "stl"),
+        (224, 3, "basic", 64, False, "imagenet"),
+        (32, 3, "bottleneck", 2048, False, "cifar"),
     ],
 )
-def test_aavae_resnet_decoder(size, channels, blocks, feat, grad) -> None:
+def test_aavae_resnet_decoder(size, channels, blocks, feat, grad, stem) -> None:
     layers = [2, 2, 2, 2] if size == 32 and blocks == "basic" else [1, 1, 1, 1]
     dec = AAVAEResNetDecoder(
         latent_dim=16,
@@ -180,6 +173,7 @@ def test_aavae_resnet_decoder(size, channels, blocks, feat, grad) -> None:
         out_channels=channels,
         blocks=blocks,
         layers=layers,
+        stem=stem,
     )
     assert not any(isinstance(m, nn.BatchNorm2d) for m in dec.modules())
     if not grad:  # shape only (keeps the CPU test fast)
@@ -199,3 +193,7 @@ def test_aavae_decoder_config_errors() -> None:
         AAVAEResNetDecoder(blocks="wide")
     with pytest.raises(ConfigError):
         AAVAEResNetDecoder(layers=[2, 2, 2])
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        AAVAEResNetDecoder(image_size=28)  # the CIFAR stem downsamples by 8
+    with pytest.raises(ConfigError, match="stem"):
+        AAVAEResNetDecoder(stem="tiny")

@@ -238,7 +238,7 @@ def test_config_validation():
 
 def test_presets_hold_paper_settings():
     mnist = pipelines.build_config("hvae", "mnist")
-    assert (mnist.model.nz0, mnist.model.nz1, mnist.model.binarize) == (30, 100, 0.4375)
+    assert (mnist.model.nz0, mnist.model.nz1, mnist.augment.binarize) == (30, 100, 0.4375)
     assert mnist.model.flip_prob == 0.001 and mnist.data.batch_size == 1024
     assert mnist.model.lr_encoder == mnist.model.lr_decoder == 1e-4
     fashion = pipelines.build_config("hvae", "fashionmnist")
@@ -262,8 +262,9 @@ def test_train_plus_test_split_concatenates_both(mnist_dir):
 # ------------------------------------------------------------------ training and resuming
 def _run_flags(data_dir, **trainer):
     return {
-        "model": {**TINY, "order": "ladder", "objective": "symmetric", "binarize": 0.4375,
+        "model": {**TINY, "order": "ladder", "objective": "symmetric",
                   "flip_prob": 0.01, "iterations": 0},  # the preset trains 200k iterations
+        "augment": {"binarize": 0.4375},
         "data": {"dir": str(data_dir), "batch_size": 32},
         "trainer": {"progress_bar": False, "plots": False, "log_every": 1, **trainer},
     }

@@ -123,40 +123,37 @@ def encoder_only(method: Any) -> tuple[FrozenEncoder, list[str]]:
 
 
 def describe_preprocessing(method: Any) -> dict[str, Any]:
-    """How images are prepared for the encoder, checked against ``method.preprocess``.
+    """How images are prepared for the encoder: the dataset's declared preprocessing
+    (:class:`selfsup.data.preprocess.Preprocess`), checked against ``method.preprocess``.
 
-    ``{"scale": "x / 255", "normalize": {"mean": [...], "std": [...]} | None,
-    "binarize": t | None, "verified": bool}``: ``verified`` is False when the method's
-    preprocessing is not this recipe (the TorchScript and ONNX exports include it anyway).
+    ``x = uint8 / 255``; then, where declared, ``resize`` (torchvision's ``Resize(shorter_side)``,
+    bilinear with antialiasing, then ``CenterCrop(crop)``), ``binarize`` (``x > t``) and
+    ``normalize`` (``(x - mean) / std`` per channel). ``verified`` is False when the method
+    prepares images in some other way too (the TorchScript and ONNX exports include it anyway).
     """
-    cfg = method.config.augment
+    prep = method.augment.preprocessing
+    _, h, w = prep.image_shape
+    cfg = method.config.augment  # the declaration Preprocess was built from (exact values)
     normalize = (
         {"mean": [float(m) for m in cfg.mean], "std": [float(s) for s in cfg.std]}
-        if cfg.normalize else None
+        if prep.normalize else None
     )
+    resize = ({"shorter_side": prep.clean_resize, "crop": [h, w],
+               "as": "torchvision Resize(shorter_side, antialias=True) + CenterCrop(crop)"}
+              if prep.clean_resize else None)
     example = _example(method, n=8, seed=1)
     with torch.no_grad():
         actual = method.preprocess(example).float()
-    candidates = [None]
-    for holder in (method.config.model, cfg):
-        threshold = getattr(holder, "binarize", None)
-        if threshold is not None:
-            candidates.append(float(threshold))
-    for threshold in candidates:
-        x = example.float() / 255.0
-        if threshold is not None:
-            x = (x > threshold).float()
-        if normalize is not None:
-            mean = torch.tensor(normalize["mean"], device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(normalize["std"], device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        if x.shape == actual.shape and torch.allclose(x, actual, atol=1e-6, rtol=1e-6):
-            return {"scale": "x / 255 (uint8 -> float in [0, 1])", "binarize": threshold,
-                    "normalize": normalize, "verified": True}
-    return {"scale": "x / 255 (uint8 -> float in [0, 1])", "binarize": None,
-            "normalize": normalize, "verified": False,
-            "note": "this method prepares images in its own way (see its preprocess()); the "
-                    "TorchScript and ONNX exports include it"}
+        recipe = prep.clean(example.float() / 255.0)
+    verified = recipe.shape == actual.shape and torch.allclose(recipe, actual, atol=1e-6,
+                                                               rtol=1e-6)
+    spec: dict[str, Any] = {"scale": "x / 255 (uint8 -> float in [0, 1])", "resize": resize,
+                            "binarize": prep.binarize, "normalize": normalize,
+                            "verified": bool(verified)}
+    if not verified:
+        spec["note"] = ("this method prepares images in its own way (see its preprocess()); the "
+                        "TorchScript and ONNX exports include it")
+    return spec
 
 
 def _torchvision_layout(encoder: FrozenEncoder, kept: list[str]) -> dict[str, Any] | None:

@@ -415,10 +415,13 @@ def evaluate(
 
     ``probe_options`` are keyword arguments of the probe function (e.g. ``{"epochs": 20}`` for the
     MLP probe, ``{"k": [5, 20]}`` for kNN); for ``linear``, ``{"protocol": "sgd", "epochs": 50}``
-    runs the papers' fixed-epoch SGD protocol (:func:`linear_protocol_probe`) instead of L-BFGS.
+    runs the papers' fixed-epoch SGD protocol (:func:`linear_protocol_probe`) instead of L-BFGS;
+    for ``linear`` and ``mlp``, ``{"protocol": "released"}`` runs SimVAE's released protocol
+    (:func:`released_protocol_probe`: best test accuracy over epochs, model selection on test).
     """
     from selfsup.evaluate import gmm_clustering, knn_probe, linear_probe, mlp_probe
     from selfsup.evaluate.linear_protocol import AUGMENTED_PROTOCOL, linear_protocol_probe
+    from selfsup.evaluate.released_protocol import released_protocol_probe
 
     if probe not in PROBES:
         raise ConfigError(f"Unknown probe {probe!r}; choose one of {', '.join(PROBES)}.")
@@ -429,7 +432,12 @@ def evaluate(
     started = time.perf_counter()
     data = (f.train_x, f.train_y, f.test_x, f.test_y)
     try:
-        if probe == "linear" and options.get("protocol", "lbfgs") != "lbfgs":
+        if probe in ("linear", "mlp") and options.get("protocol") == "released":
+            options.pop("protocol")
+            result = released_protocol_probe(
+                *data, head=probe, seed=seed, device=device, **options
+            )
+        elif probe == "linear" and options.get("protocol", "lbfgs") != "lbfgs":
             optimizer = options.pop("protocol")
             result = linear_protocol_probe(
                 *data, optimizer=optimizer, seed=seed, device=device, **options
@@ -442,7 +450,7 @@ def evaluate(
         elif probe == "knn":
             result = knn_probe(*data, device=device, **options)
         else:
-            result = gmm_clustering(f.test_x, f.test_y, seed=seed, **options)
+            result = gmm_clustering(*data, seed=seed, **options)  # fit on train, score test
     except TypeError as exc:
         raise ConfigError(
             f"Option not accepted by the {probe} probe ({exc}). See `selfsup eval --help`."
@@ -601,7 +609,7 @@ def run_fid(
     started = time.perf_counter()
     model = fid.load_inception(weights, device)
     config = method.config
-    binarize = getattr(config.model, "binarize", None)
+    binarize = config.augment.binarize
     key = f"{config.data.name}-test-n{n_ref}-binarize{binarize}"
 
     def compute_reference() -> tuple[Any, Any]:

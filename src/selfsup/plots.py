@@ -38,7 +38,7 @@ def save_generative_grids(
     method.eval()
     images = dataset.images[:n].to(method.device)
     x = method.preprocess(images)
-    x_vis = method.augment.to_float(images)
+    x_vis = method.augment.preprocessing.to_unit_range(x)  # what the model saw (e.g. binarized)
     recon = method.reconstruct(x)
     pairs = torch.stack([x_vis.float(), recon.float()], dim=1)  # (n, 2, C, H, W)
     rows = []
@@ -327,7 +327,7 @@ def save_latent_traversals(
             z = mu[:1].repeat(steps, 1)
             z[:, d] = center[d] + offsets * spread[d]
             rows.append(method.decode(z).float().clamp(0, 1).cpu())
-        original = method.augment.to_float(images[:1].to(method.device)).float().cpu()
+        original = method.augment.preprocessing.to_unit_range(x[:1]).float().cpu()
     finally:
         method.train(was_training)
     c, h, w = rows[0].shape[1:]

@@ -199,9 +199,11 @@ def _write_json(path: Path, content: Any) -> Path:
 
 
 def eval_name(probe: str, options: dict[str, Any] | None = None) -> str:
-    """File stem of an evaluation: the probe, plus the linear protocol when not L-BFGS."""
+    """File stem of an evaluation: the probe, plus the protocol when not the default one (any
+    non-L-BFGS linear protocol; ``released`` for the MLP probe too)."""
     protocol = (options or {}).get("protocol", "lbfgs")
-    return f"{probe}-{protocol}" if probe == "linear" and protocol != "lbfgs" else probe
+    named = probe == "linear" or protocol == "released"
+    return f"{probe}-{protocol}" if named and protocol != "lbfgs" else probe
 
 
 def _now() -> str:

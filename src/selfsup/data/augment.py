@@ -2,15 +2,21 @@
 
 :class:`BatchAugment` applies, in SimCLR order, to a whole batch ``(N, C, H, W)`` at once:
 
+0. optionally (``pre_resize``) resize every image to ``pre_resize`` x ``pre_resize`` first
+   (torchvision ``Resize`` in front of the pipeline, as SimVAE's CIFAR-10 loader does), and
+   optionally (``jitter_first``) colour-jitter before the geometry (step 2 moves here);
 1. geometry: random resized crop -> horizontal flip -> vertical flip -> random affine (rotation +
-   scale about the centre), all folded into ONE per-sample affine sampling grid;
+   scale about the centre), all folded into ONE per-sample affine sampling grid (with
+   ``pre_resize``: crop, resize with antialiasing and flips as one pair of per-sample resampling
+   matrices, see :func:`selfsup.data.preprocess.resize_weights`);
 2. colour jitter (brightness, contrast, saturation, hue in a per-sample random order), with
    probability ``jitter_prob``;
 3. random grayscale;
 4. Gaussian blur with a per-sample sigma;
 5. solarization (threshold 0.5);
-6. binarization (optional);
-7. per-channel normalization (optional).
+6. the dataset's preprocessing (binarization, normalization): :class:`selfsup.data.preprocess.
+   Preprocess`, the same function that prepares every evaluation input (:meth:`BatchAugment.
+   eval_transform`).
 
 All random parameters are drawn on the CPU from a ``torch.Generator`` (:meth:`BatchAugment.
 sample_params`), so a seed gives the same parameters whatever device the images live on;
@@ -28,6 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.data.preprocess import (
+    Preprocess,
+    channel_stats,
+    resize_weights,
+    resolve_normalization,
+)
 from selfsup.errors import ConfigError, DataError
 
 
@@ -78,6 +90,17 @@ class AugmentConfig:
             NEAREST_EXACT) or ``"nearest-legacy"`` (torchvision's tensor NEAREST, i.e.
             ``F.interpolate(mode="nearest")``: source index ``floor(i * in / out)`` of the resized
             crop; crops only, no affine).
+        pre_resize: side ``P`` > 0: resize every image to ``P x P`` (bilinear) before anything
+            else; crop boxes are then drawn on the ``P x P`` image and resized back to the
+            output size with antialiasing (only crop and flips; no affine, bilinear only).
+        jitter_first: colour-jitter before the geometry (crop and flips) instead of after it.
+
+    The preprocessing keys below are not augmentations: they declare the dataset's
+    preprocessing, applied identically to training views and to every clean / evaluation input
+    (:class:`selfsup.data.preprocess.Preprocess`).
+
+        clean_resize: side ``S`` > 0: clean inputs are ``CenterCrop(H, W)(Resize(S)(u))``
+            (AAVAE's STL-10 clean image, S = 105); 0: the image as stored.
         binarize: threshold ``t`` in ``[0, 1]``: ``x -> 1 if x > t else 0`` (None: off).
         normalize: if true, ``x -> (x - mean[c]) / std[c]`` with the per-channel ``mean``/``std``.
         normalize_stats: ``"given"`` (use ``mean``/``std`` as set) or ``"train"``: when training
@@ -102,6 +125,9 @@ class AugmentConfig:
     affine_degrees: float = 0.0
     affine_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     interpolation: str = "bilinear"
+    pre_resize: int = 0
+    jitter_first: bool = False
+    clean_resize: int = 0
     binarize: float | None = None
     normalize: bool = False
     mean: list[float] = field(default_factory=list)
@@ -186,6 +212,26 @@ class AugmentConfig:
                 "augment.interpolation = nearest-legacy resizes crops as torchvision's tensor "
                 "NEAREST and has no affine counterpart; use nearest with augment.affine_*."
             )
+        for name in ("pre_resize", "clean_resize"):
+            side = getattr(self, name)
+            if isinstance(side, bool) or not isinstance(side, int) or side < 0:
+                raise ConfigError(
+                    f"augment.{name} = {side!r} is invalid: give an image side in pixels (a "
+                    "positive integer) or 0 to disable it."
+                )
+        if self.pre_resize and (
+            float(self.affine_degrees) > 0 or [float(v) for v in self.affine_scale] != [1.0, 1.0]
+        ):
+            raise ConfigError(
+                "augment.pre_resize cannot be combined with a random affine (affine_degrees, "
+                "affine_scale): the resized pipeline supports crop and flips only. Set one of them "
+                "to its default."
+            )
+        if self.pre_resize and self.interpolation != "bilinear":
+            raise ConfigError(
+                "augment.pre_resize resamples bilinearly with antialiasing; set "
+                "augment.interpolation to bilinear or pre_resize to 0."
+            )
         if self.binarize is not None and not 0.0 <= float(self.binarize) <= 1.0:
             raise ConfigError(
                 f"augment.binarize = {self.binarize} is invalid: it is a threshold on pixel values "
@@ -213,59 +259,6 @@ class AugmentConfig:
                 f"augment.std = {list(self.std)} contains a non-positive value; standard "
                 "deviations used for normalization must be > 0."
             )
-
-
-def channel_stats(dataset: object, chunk: int = 2048, max_streamed: int = 50000
-                  ) -> tuple[list[float], list[float]]:
-    """Per-channel mean and population std of a dataset's pixels scaled to [0, 1].
-
-    mean_c = sum x / M, std_c = sqrt(sum x^2 / M - mean_c^2) over all M pixels of channel c of the
-    images (accumulated in float64). In-memory datasets (a uint8 ``images`` tensor (N, C, H, W))
-    use every image; others (memory-mapped splits with ``get_batch(positions)``, streamed
-    datasets) use ``max_streamed`` evenly spaced images.
-    """
-    n = len(dataset)  # type: ignore[arg-type]
-    images = getattr(dataset, "images", None)
-    in_memory = isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[0] == n
-    if in_memory:
-        order = list(range(n))
-    else:
-        order = torch.linspace(0, n - 1, min(n, max_streamed)).round().long().unique().tolist()
-    get_batch = getattr(dataset, "get_batch", None)
-    total = 0
-    sums = sq = None
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        if in_memory:
-            batch = images[part[0] : part[-1] + 1]  # type: ignore[index]
-        elif get_batch is not None:
-            batch = torch.as_tensor(get_batch(torch.tensor(part)))
-        else:
-            batch = torch.stack([dataset[i][0] for i in part])  # type: ignore[index]
-        if batch.dtype == torch.uint8:  # exact and fast: a 256-bin histogram per channel
-            levels = torch.arange(256, dtype=torch.float64) / 255.0
-            hist = torch.stack([torch.bincount(batch[:, c].reshape(-1), minlength=256)
-                                for c in range(batch.shape[1])]).to(torch.float64)
-            s1, s2 = hist @ levels, hist @ levels.square()
-        else:
-            x = batch.to(torch.float64)
-            s1, s2 = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
-        sums, sq = (s1, s2) if sums is None else (sums + s1, sq + s2)
-        total += batch.shape[0] * batch.shape[2] * batch.shape[3]
-    if sums is None or total == 0:
-        raise DataError("Cannot compute normalization statistics of an empty train split.")
-    mean = sums / total
-    std = (sq / total - mean.square()).clamp(min=0).sqrt().clamp(min=1e-3)
-    return [float(m) for m in mean], [float(s) for s in std]
-
-
-def resolve_normalization(cfg: AugmentConfig, train_set: object) -> None:
-    """With ``normalize_stats == "train"`` and no mean/std yet, fill them in from ``train_set``
-    (:func:`channel_stats`) and switch ``normalize`` on; otherwise leave ``cfg`` unchanged."""
-    if cfg.normalize_stats != "train" or cfg.mean:
-        return
-    cfg.mean, cfg.std = channel_stats(train_set)
-    cfg.normalize = True
 
 
 def _pair(values: list[float], name: str) -> tuple[float, float]:
@@ -369,10 +362,16 @@ class BatchAugment(torch.nn.Module):
                 f"augment.mean/std have {len(cfg.mean)} values but the images have {c} channels. "
                 "Give one mean and one std per channel."
             )
-        mean = torch.tensor([float(m) for m in cfg.mean] or [0.0], dtype=torch.float32)
-        std = torch.tensor([float(s) for s in cfg.std] or [1.0], dtype=torch.float32)
-        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+        if cfg.clean_resize and cfg.clean_resize < min(h, w):
+            raise ConfigError(
+                f"augment.clean_resize = {cfg.clean_resize} is smaller than the {h}x{w} images: "
+                "the clean image is resized (shorter side) to clean_resize and centre-cropped back "
+                f"to {h}x{w}, so use a side >= {min(h, w)} (or 0 to disable it)."
+            )
+        # The geometry works on the pre-resized image when pre_resize is set.
+        side = int(cfg.pre_resize)
+        self.geometry_hw = (side, side) if side else (h, w)
+        self.preprocessing = Preprocess(cfg, self.image_shape)
 
     # ------------------------------------------------------------------ parameters
     def sample_params(self, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -432,9 +431,10 @@ class BatchAugment(torch.nn.Module):
         ``area = H W U(scale)``, ``ratio = exp(U(log ratio))``, ``w = round(sqrt(area ratio))``,
         ``h = round(sqrt(area / ratio))``; the first try with ``0 < w <= W``, ``0 < h <= H`` is
         kept with a uniform integer position, else the central crop clipped to the ratio range.
-        Samples without crop (probability ``1 - crop_prob``) get the full image."""
+        Samples without crop (probability ``1 - crop_prob``) get the full image. With
+        ``pre_resize`` the boxes are in pixels of the resized ``P x P`` image."""
         cfg = self.cfg
-        _, height, width = self.image_shape
+        height, width = self.geometry_hw
         area = float(height * width)
         a0, a1 = (float(v) for v in cfg.crop_scale)
         r0, r1 = (math.log(float(v)) for v in cfg.crop_ratio)
@@ -486,22 +486,15 @@ class BatchAugment(torch.nn.Module):
         return self.forward(x.repeat_interleave(n_views, dim=0), generator)
 
     def eval_transform(self, x: Tensor) -> Tensor:
-        """Deterministic preprocessing for evaluation: ``normalize(to_float(x))``."""
+        """Deterministic preprocessing of clean / evaluation inputs:
+        ``preprocessing.clean(to_float(x))`` (centre crop if declared, binarize, normalize)."""
         self._check_input(x)
-        return self.normalize(to_float(x))
+        return self.preprocessing.clean(to_float(x))
 
     @staticmethod
     def to_float(x: Tensor) -> Tensor:
         """uint8 ``x -> x / 255`` as float32; float input is cast to float32."""
         return to_float(x)
-
-    def normalize(self, x: Tensor) -> Tensor:
-        """``(x - mean[c]) / std[c]`` if ``cfg.normalize`` else ``x`` unchanged."""
-        if not self.cfg.normalize:
-            return x
-        mean = self.mean.to(device=x.device, dtype=x.dtype)
-        std = self.std.to(device=x.device, dtype=x.dtype)
-        return (x - mean) / std
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
@@ -526,9 +519,13 @@ class BatchAugment(torch.nn.Module):
                 )
         x = to_float(x)
         if n == 0:
-            return self.normalize(x.new_zeros(0, x.shape[1], *self.out_hw))
-        x = self._geometry(x, params)
-        if self.jitter_on:
+            return self.preprocessing.finish(x.new_zeros(0, x.shape[1], *self.out_hw))
+        if self.cfg.pre_resize:
+            x = self._pre_resize(x)
+        if self.jitter_on and self.cfg.jitter_first:
+            x = self._jitter(x, params)
+        x = self._resized_geometry(x, params) if self.cfg.pre_resize else self._geometry(x, params)
+        if self.jitter_on and not self.cfg.jitter_first:
             x = self._jitter(x, params)
         c = x.shape[1]
         if self.cfg.grayscale > 0 and c == 3:
@@ -539,9 +536,31 @@ class BatchAugment(torch.nn.Module):
         if self.cfg.solarize_prob > 0:
             sel = to_device(params["solarize"], x).view(-1, 1, 1, 1)
             x = torch.where(sel & (x >= 0.5), 1.0 - x, x)
-        if self.cfg.binarize is not None:
-            x = (x > float(self.cfg.binarize)).to(x.dtype)
-        return self.normalize(x)
+        return self.preprocessing.finish(x)
+
+    def _pre_resize(self, x: Tensor) -> Tensor:
+        """Every image resized to ``P x P`` (torchvision ``Resize((P, P))``, bilinear with
+        antialiasing): ``x' = Ry x Rx^T`` with :func:`resize_weights` matrices."""
+        _, height, width = self.image_shape
+        side = self.geometry_hw[0]
+        ry = resize_weights(height, side, torch.zeros(1), torch.full((1,), float(height)))[0]
+        rx = resize_weights(width, side, torch.zeros(1), torch.full((1,), float(width)))[0]
+        return to_device(ry, x) @ x @ to_device(rx, x).T
+
+    def _resized_geometry(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Crop box -> resize to the output size (antialiased) -> horizontal / vertical flip, for
+        the ``P x P`` pre-resized images: ``out_n = Ry_n x_n Rx_n^T`` with per-sample matrices
+        :func:`resize_weights` of the box's rows and columns (rows reversed for a flip), i.e.
+        torchvision's ``resized_crop(..., antialias=True)`` followed by the flips."""
+        height, width = self.geometry_hw
+        ho, wo = self.out_hw
+        top, left, bh, bw = params["box"].unbind(dim=1)
+        ry = resize_weights(height, ho, top, bh)
+        rx = resize_weights(width, wo, left, bw)
+        ry = torch.where(params["vflip"].view(-1, 1, 1), ry.flip(1), ry)
+        rx = torch.where(params["hflip"].view(-1, 1, 1), rx.flip(1), rx)
+        ry, rx = to_device(ry, x), to_device(rx, x)
+        return ry[:, None] @ x @ rx.transpose(1, 2)[:, None]
 
     def _geometry(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
         """Crop, flips and affine as one grid ``input = Crop . Flip . Affine^-1 (output)``.

@@ -1,9 +1,11 @@
 """AAVAE: Augmentation-Augmented VAE (Falcon et al., arXiv 2107.12329).
 
 Inputs are normalised per channel, x = (u - mean) / std (``augment.normalize``; the dataset's
-mean/std are filled in by :meth:`AAVAE.default_config`). The encoder sees an augmented view
-(``denoising: true``) or the clean image, h = f(x_in); a head Linear(h, h)-BN-ReLU followed by two
-bias-free Linear(h, latent) layers gives (mu, logvar) of q(z|x_in) = N(mu, std^2) with
+mean/std come from the data layer, :func:`selfsup.data.preprocess.dataset_stats`). The clean
+image x is the dataset's preprocessed image (:meth:`Method.preprocess`; on STL-10 the preset
+declares Resize(105) + CenterCrop(96), ``augment.clean_resize``). The encoder sees an augmented
+view (``denoising: true``) or the clean image, h = f(x_in); a head Linear(h, h)-BN-ReLU followed
+by two bias-free Linear(h, latent) layers gives (mu, logvar) of q(z|x_in) = N(mu, std^2) with
 std = e^(logvar/2) + 1e-6. One z = mu + std * eps is decoded to x_hat and scored against the
 **clean** normalised image under p(x|z) = N(x_hat, sigma_x^2), sigma_x = e^(log_scale/2) + 1e-6
 (``log_scale`` is a log-variance, fixed at 0 unless ``learn_log_scale``). Per sample
@@ -13,6 +15,12 @@ std = e^(logvar/2) + 1e-6. One z = mu + std * eps is decoded to x_hat and scored
 averaged over the batch (AAVAE: kl_coeff = 0, a denoising auto-encoder with a stochastic
 bottleneck). The representation is the encoder's pooled feature h (as in the paper's linear
 evaluation) or mu (``representation: mu``).
+
+``clean_pass: true`` (as released, src/vae.py:197-200) first passes the clean image through
+encoder and head in train mode without gradients, so BatchNorm's running statistics are updated
+by the clean batch and then by the augmented one (momentum m: r <- (1-m)^2 r + (1-m) m s_clean +
+m s_aug); that pass also gives the logged training diagnostics KL(q(z|x_in) || q(z|x)) and
+cos(z_in, z). ``clean_pass: false`` skips it (running statistics of augmented views only).
 
 Validation diagnostics on clean test images (all means over the batch): the importance-weighted
 log p(x) with ``val_samples`` samples and its bits/dim (in the normalised units the model sees),
@@ -30,6 +38,7 @@ from torch import Tensor, nn
 
 from selfsup.config import check_choices
 from selfsup.data.base import DataInfo
+from selfsup.data.preprocess import dataset_stats
 from selfsup.errors import ConfigError
 from selfsup.losses.aavae import (
     STD_EPS,
@@ -42,18 +51,17 @@ from selfsup.losses.aavae import (
 from selfsup.methods import register
 from selfsup.methods.base import Method
 from selfsup.nets.decoders import AAVAEResNetDecoder
-from selfsup.nets.factory import build_decoder, build_encoder, resolve_kind
+from selfsup.nets.factory import build_decoder, build_encoder, resnet_stem, resolve_kind
 
 ENCODERS = ("auto", "resnet18", "resnet34", "resnet50", "conv", "mlp")
 DECODERS = ("auto", "resnet", "conv", "mlp")
 REPRESENTATIONS = ("backbone", "mu")
 
-# Per-channel (mean, std) of the training images; other datasets fall back to 0.5 / 0.5.
-NORMALIZATION: dict[str, tuple[list[float], list[float]]] = {
-    "cifar10": ([125.3 / 255, 123.0 / 255, 113.9 / 255], [63.0 / 255, 62.1 / 255, 66.7 / 255]),
-    "stl10": ([0.43, 0.42, 0.39], [0.27, 0.26, 0.27]),
-    "mnist": ([0.1307], [0.3081]),
-    "fashionmnist": ([0.2860], [0.3530]),
+# Decoder paired with each ResNet encoder (paper-AAVAE src/models/decoder.py:256-268).
+RESNET_DECODERS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 6, 4, 3)),
+    "resnet50": ("bottleneck", (3, 6, 4, 3)),
 }
 
 
@@ -72,6 +80,7 @@ class AAVAEConfig:
     width: int = 32
     representation: str = "backbone"
     val_samples: int = 16
+    clean_pass: bool = True
 
     def validate(self) -> None:
         """Raise ConfigError for out-of-range or unknown values."""
@@ -127,9 +136,7 @@ class AAVAE(Method):
     def default_config(cls, info: DataInfo) -> dict[str, Any]:
         """SimCLR augmentations (jitter strength 0.5) and the dataset's normalisation."""
         c = info.image_shape[0]
-        mean, std = NORMALIZATION.get(info.name, ([0.5] * c, [0.5] * c))
-        if len(mean) != c:
-            mean, std = [0.5] * c, [0.5] * c
+        mean, std = dataset_stats(info.name, c)
         augment: dict[str, Any] = {
             "crop_scale": [0.08, 1.0],
             "hflip": 0.5,
@@ -166,14 +173,15 @@ class AAVAE(Method):
         c, h, _ = info.image_shape
         if cfg.decoder == "resnet":
             dec_feat = feat_dim if feat_dim % 16 == 0 else 512
-            bottleneck = cfg.encoder == "resnet50"
+            blocks, layers = RESNET_DECODERS.get(cfg.encoder, RESNET_DECODERS["resnet18"])
             self.decoder: nn.Module = AAVAEResNetDecoder(
                 cfg.latent_dim,
                 dec_feat,
                 h,
                 c,
-                blocks="bottleneck" if bottleneck else "basic",
-                layers=(3, 6, 4, 3) if bottleneck else (2, 2, 2, 2),
+                blocks=blocks,
+                layers=layers,
+                stem=resnet_stem(info.image_shape),
             )
         else:
             self.decoder = build_decoder(
@@ -213,16 +221,23 @@ class AAVAE(Method):
 
     def to_unit_range(self, x: Tensor) -> Tensor:
         """Undo the normalisation and clamp to [0, 1]: u = clamp(x * std + mean)."""
-        mean = self.augment.mean.to(device=x.device, dtype=x.dtype)
-        std = self.augment.std.to(device=x.device, dtype=x.dtype)
-        return (x * std + mean).clamp(0.0, 1.0)
+        return self.augment.preprocessing.to_unit_range(x)
 
     # --------------------------------------------------------------------------- objective
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
-        """Batch means of loss, log_likelihood (of the clean image) and kl; features h(x_in)."""
+        """Batch means of loss, log_likelihood (of the clean image) and kl; features h(x_in).
+
+        With ``clean_pass`` the clean batch goes through encoder and head first (train mode, no
+        gradient), as released, and the diagnostics KL(q(z|x_in) || q(z|x)) and cos(z_in, z) are
+        logged too.
+        """
         cfg = self.config.model
         x_clean = self.preprocess(images)
         x_in = self.augmented(images) if cfg.denoising else x_clean
+        clean = None
+        if cfg.clean_pass:
+            with torch.no_grad():
+                clean = self.posterior(x_clean)
         h = self.features(x_in)
         mu, logvar = self.head(h)
         mu, logvar = mu.float(), logvar.float()
@@ -231,8 +246,14 @@ class AAVAE(Method):
         terms = aavae_loss(
             x_clean, x_hat, mu, logvar, z, log_scale=self.log_scale, kl_coeff=cfg.kl_coeff
         )
+        out = {k: v.mean() for k, v in terms.items()}
+        if clean is not None:
+            with torch.no_grad():
+                z_clean = self.rsample(*clean)
+                out["kl_aug_clean"] = kl_between_posteriors(mu, logvar, *clean).mean()
+                out["cosine_aug_clean"] = cosine_similarity(z, z_clean).mean()
         feats = h if cfg.representation == "backbone" else mu
-        return {**{k: v.mean() for k, v in terms.items()}, "features": feats.detach()}
+        return {**out, "features": feats.detach()}
 
     @torch.no_grad()
     def validation_loss(self, x: Tensor) -> dict[str, Tensor]:

@@ -49,7 +49,8 @@ EPOCHS_FOR_ITERATIONS = 1_000_000
 class HVAEConfig:
     """Hierarchical binary VAE settings (defaults: the paper's MNIST model).
 
-    ``binarize``: threshold t, pixels ``x > t`` become 1 (None: keep grey levels);
+    Binarization is the dataset's preprocessing, ``augment.binarize`` (threshold t: pixels
+    ``x > t`` become 1), applied by the data layer to training and evaluation images alike;
     ``flip_prob``: per-step probability of flipping each binary training pixel;
     ``noise_std``: Gaussian noise added to training pixels; ``likelihood: auto`` is Bernoulli when
     binarizing, Gaussian otherwise; ``lr_decoder``/``lr_encoder``: Adam learning rates of the two
@@ -69,7 +70,6 @@ class HVAEConfig:
     g10_hidden: list[int] = field(default_factory=lambda: [600, 600])
     likelihood: str = "auto"
     log_sigma_init: float = -2.0
-    binarize: float | None = None
     flip_prob: float = 0.0
     noise_std: float = 0.0
     lr_decoder: float = 0.0
@@ -96,8 +96,6 @@ class HVAEConfig:
         if any(c < 1 for c in [*self.enc_channels, *self.dec_channels, *self.f01_hidden,
                                *self.g10_hidden]):
             raise ConfigError("model channel and hidden sizes must be positive.")
-        if self.binarize is not None and not 0.0 <= float(self.binarize) < 1.0:
-            raise ConfigError(f"model.binarize must be in [0, 1) or null, got {self.binarize}.")
         if not 0.0 <= self.flip_prob <= 0.5:
             raise ConfigError(f"model.flip_prob must be in [0, 0.5], got {self.flip_prob}.")
         if self.noise_std < 0:
@@ -145,7 +143,7 @@ class HVAE(Method):
         cfg: HVAEConfig = config.model
         channels, height, width = info.image_shape
         if cfg.likelihood == "auto":
-            cfg.likelihood = "bernoulli" if cfg.binarize is not None else "gaussian"
+            cfg.likelihood = "bernoulli" if config.augment.binarize is not None else "gaussian"
         if cfg.objective == "symmetric" and config.trainer.gradient_clip:
             raise ConfigError(
                 "trainer.gradient_clip is not supported with model.objective=symmetric (each "
@@ -195,18 +193,12 @@ class HVAE(Method):
         """Logits of the reverse encoder's q(z0|z1)."""
         return self.encoder.g10(z1).float()
 
-    def preprocess(self, images: Tensor) -> Tensor:
-        x = super().preprocess(images)
-        if self.cfg.binarize is not None:
-            x = (x > float(self.cfg.binarize)).to(x.dtype)
-        return x
-
     def training_input(self, images: Tensor) -> Tensor:
-        """Training images: binarized with random pixel flips, or with Gaussian noise."""
+        """Training images (binarized by the data layer where declared) with random pixel flips,
+        or with Gaussian noise."""
         x = self.augmented(images)
         cfg = self.cfg
-        if cfg.binarize is not None:
-            x = (x > float(cfg.binarize)).to(x.dtype)
+        if self.config.augment.binarize is not None:
             if cfg.flip_prob > 0:
                 flip = (torch.rand(x.shape, device=x.device) < cfg.flip_prob).to(x.dtype)
                 x = x + flip - 2 * x * flip

@@ -19,8 +19,10 @@ Reconstruction (released-code convention, constants dropped): Bernoulli: sum BCE
 (optionally divided by e^log_var_x, ``bce_scaled_by_var``, as the released code does); Gaussian:
 1/2 sum (x - sigmoid(dec(z)))^2 / e^log_var_x, i.e. the decoder mean is sigmoid(dec(z)) as in the
 released code. Every term is summed over a sample's J views, pixels and latent dimensions, then
-**averaged over the samples** of the batch (the released code sums over the batch; that only
-rescales the gradient, which Adam largely undoes). ``data.batch_size`` counts samples: a batch of
+summed over the samples of the batch (``batch_reduction: sum``, as released and in every preset)
+or averaged (``mean``, the dataclass default). The two differ by the factor N in the gradient,
+which Adam undoes except through its eps (1e-4 in the presets, not negligible against gradients
+N times smaller). ``data.batch_size`` counts samples: a batch of
 64 samples gives 64 * J images per step (the released "batch 128" is 64 samples x 2 views).
 The representation is mu(x).
 """
@@ -50,6 +52,7 @@ from selfsup.methods.vae import LIKELIHOODS, GaussianEncoderDecoder
 from selfsup.nets.factory import DECODERS, ENCODERS
 
 PRIORS = ("simvae", "standard")
+BATCH_REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
@@ -58,7 +61,8 @@ class SimVAEConfig:
 
     ``entropy_weight``: ``paper`` (1/2, the correct Gaussian entropy weight) or ``released``
     (pi, what the released code computes). ``prior``: ``simvae`` (shared content latent) or
-    ``standard`` (N(0, I) per view: the augmented-VAE baseline).
+    ``standard`` (N(0, I) per view: the augmented-VAE baseline). ``batch_reduction``: ``sum``
+    (as released) or ``mean`` of the per-sample terms over the batch.
     """
 
     n_views: int = 2
@@ -70,6 +74,7 @@ class SimVAEConfig:
     prior: str = "simvae"
     kl_estimator: str = "sampled"
     bce_scaled_by_var: bool = False
+    batch_reduction: str = "mean"
     latent_dim: int = 10
     encoder: str = "auto"
     decoder: str = "auto"
@@ -97,6 +102,7 @@ class SimVAEConfig:
             "entropy_weight": (self.entropy_weight, tuple(ENTROPY_WEIGHTS)),
             "prior": (self.prior, PRIORS),
             "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),
+            "batch_reduction": (self.batch_reduction, BATCH_REDUCTIONS),
             "encoder": (self.encoder, ENCODERS),
             "decoder": (self.decoder, DECODERS),
         }
@@ -115,12 +121,16 @@ class SimVAE(GaussianEncoderDecoder):
     @classmethod
     def default_config(cls, info: DataInfo) -> dict[str, Any]:
         """The released augmentations: random resized crop (scale 0.4 grey / 0.6 colour), vflip,
-        and for colour images ColorJitter(0.8, 0.8, 0.8, 0.2) always applied."""
+        and for colour images ColorJitter(0.8, 0.8, 0.8, 0.2) always applied, before the crop
+        (the CIFAR-10 preset also resizes to 256 px first, as released)."""
         augment: dict[str, Any] = {"crop_ratio": [0.75, 1.3], "vflip": 0.5}
         if info.image_shape[0] == 1:
             augment["crop_scale"] = [0.4, 1.0]
         else:
-            augment.update(crop_scale=[0.6, 1.0], jitter=[0.8, 0.8, 0.8, 0.2], jitter_prob=1.0)
+            augment.update(
+                crop_scale=[0.6, 1.0], jitter=[0.8, 0.8, 0.8, 0.2], jitter_prob=1.0,
+                jitter_first=True,
+            )
         return {"augment": augment}
 
     def decoder_output(self, z: Tensor) -> Tensor:
@@ -159,14 +169,16 @@ class SimVAE(GaussianEncoderDecoder):
         )
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
-        """Mean over samples of the per-sample terms; features = mu of each sample's first view."""
+        """Sum (or mean) over samples of the per-sample terms; features = mu of each sample's
+        first view."""
         j = self.config.model.n_views
         x = self.views(images, j)
         mu, logvar = self.posterior(x)
         z = reparameterize(mu, logvar)
         terms = self.objective(x, z, mu, logvar)
         features = mu.detach().view(images.shape[0], j, -1)[:, 0]
-        return {**{k: v.mean() for k, v in terms.items()}, "features": features}
+        reduce = torch.sum if self.config.model.batch_reduction == "sum" else torch.mean
+        return {**{k: reduce(v) for k, v in terms.items()}, "features": features}
 
     @torch.no_grad()
     def validation_loss(self, x: Tensor) -> dict[str, Tensor]:

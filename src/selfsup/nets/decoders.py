@@ -1,20 +1,24 @@
 """ResNet-style image decoders for SimVAE and AAVAE. Outputs are logits / means (no activation).
 
-SimVAEResNetDecoder (SimVAE's released decoder layout): Linear(z, 512 s0^2) viewed (512, s0, s0)
-with s0 = image_size / 16 (2 for 32x32, 4 for 64x64), four stages of transposed-conv residual
-blocks 512->256, 256->128, 128->64 (each doubling the side) and 64->64 (same side), then
-ConvTranspose2d(64, C, kernel 7, stride 2, padding 3, output_padding 1), which doubles the side
-once more: 2 -> 4 -> 8 -> 16 -> 16 -> 32 and 4 -> 8 -> 16 -> 32 -> 32 -> 64.
+SimVAEResNetDecoder (alicebizeul/simvae src/model/decoders.py, ``ResNetDec18``):
+Linear(z, 512 s0^2) viewed (512, s0, s0) with s0 = image_size / 16 (2 for 32x32, 4 for 64x64),
+four stages of two transposed-conv blocks 512->256, 256->128, 128->64 (each doubling the side in
+its LAST block) and 64->64 (same side), then ConvTranspose2d(64, C, kernel 7, stride 2, padding 3,
+output_padding 1), which doubles the side once more: 2 -> 4 -> 8 -> 16 -> 16 -> 32 and
+4 -> 8 -> 16 -> 32 -> 32 -> 64. A block is ``ReLU(BN(tconv3x3(ReLU(BN(tconv3x3_s(x))))) + skip)``
+where ONLY the upsampling blocks (stride 2) have a skip, ``BN(tconv1x1_s2(x))``; the other five
+blocks have none (decoders.py:74-77: the identity is added only when ``upsample`` is set).
 
-AAVAEResNetDecoder (AAVAE's decoder layout, without BatchNorm): Linear(z, h) -> ReLU ->
-Linear(h, h) -> ReLU, viewed (h / 16, 4, 4), resized (nearest) to the start side s0 if s0 != 4,
-1x1 conv to 512 * expansion channels, four stages of residual blocks with planes 256, 128, 64, 32
-(the first block of an upsampling stage applies nearest x2 upsampling before its convolutions; a
-1x1 conv skip is used when the shape changes), then conv3x3 -> 64, ReLU, conv3x3 -> C.
-How ``image_size`` picks the geometry: the number of upsampling stages n is the largest n <= 4
-such that image_size is divisible by 2^n and image_size / 2^n >= 4; the first n stages upsample
-and s0 = image_size / 2^n, so the output side is exactly s0 * 2^n = image_size:
-64 -> (n=4, s0=4), 32 -> (3, 4), 96 -> (4, 6), 28 -> (2, 7), 8 -> (1, 4).
+AAVAEResNetDecoder (Lightning-Universe/paper-AAVAE src/models/decoder.py, no BatchNorm):
+Linear(z, h) -> ReLU -> Linear(h, h) -> ReLU, viewed (h / 16, 4, 4), conv1x1 -> h channels, ReLU,
+four stages of residual blocks with planes 256, 128, 64, 32 (``decoder18``: 2, 2, 2, 2 basic
+blocks; ``decoder34``: 3, 6, 4, 3 basic; ``decoder50``: 3, 6, 4, 3 bottlenecks). The first block
+of each stage resizes (nearest): stage 1 to the side ``s1 = image_size / f``, stages 2-4 by 2,
+and has a conv1x1 skip of the resized input; then, mirroring the encoder's stem, a x2 (nearest)
+if the stem has a max-pool, conv3x3 -> 64, ReLU, a x2 (nearest) if the stem conv has stride 2,
+conv3x3 -> C. ``f`` is the encoder's total downsampling: 8 for the CIFAR stem (3x3 stride 1, no
+max-pool: sides 4/8/16/32 for 32x32), 16 for the STL stem (7x7 stride 2, no max-pool: 6/12/24/48
+then x2 -> 96), 32 for the ImageNet stem (7x7 stride 2 + max-pool).
 """
 
 from __future__ import annotations
@@ -39,15 +43,16 @@ def _check_pos_int(value: object, name: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-class TransposedResBlock(nn.Module):
-    """ReLU(BN(tconv3x3(ReLU(BN(tconv3x3_s(x))))) + shortcut(x)); stride s in {1, 2} scales x s.
+class TransposedBlock(nn.Module):
+    """``ReLU(BN(tconv3x3(ReLU(BN(tconv3x3_s(x))))) [+ BN(tconv1x1_s(x))])``.
 
-    The shortcut is identity when the shape is unchanged, else tconv1x1(stride s) + BN.
+    ``upsample`` (stride 2, output padding 1: the side doubles) is the only case with a skip;
+    a block without upsampling has no residual connection at all, as in the released decoder.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+    def __init__(self, in_ch: int, out_ch: int, upsample: bool = False) -> None:
         super().__init__()
-        op = stride - 1  # output_padding so that a stride-2 layer exactly doubles the side
+        stride, op = (2, 1) if upsample else (1, 0)
         self.conv1 = nn.ConvTranspose2d(
             in_ch, out_ch, 3, stride=stride, padding=1, output_padding=op, bias=False
         )
@@ -55,19 +60,19 @@ class TransposedResBlock(nn.Module):
         self.conv2 = nn.ConvTranspose2d(out_ch, out_ch, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(
-                nn.ConvTranspose2d(in_ch, out_ch, 1, stride=stride, output_padding=op, bias=False),
+        self.skip: nn.Module | None = None
+        if upsample:
+            self.skip = nn.Sequential(
+                nn.ConvTranspose2d(in_ch, out_ch, 1, stride=2, output_padding=1, bias=False),
                 nn.BatchNorm2d(out_ch),
             )
-        else:
-            self.shortcut = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        if self.skip is not None:
+            out = out + self.skip(x)
+        return self.relu(out)
 
 
 class SimVAEResNetDecoder(nn.Module):
@@ -95,9 +100,10 @@ class SimVAEResNetDecoder(nn.Module):
         self.start_channels = 512
         self.fc = nn.Linear(latent_dim, self.start_channels * self.start_side**2)
         stages: list[nn.Module] = []
-        for in_ch, out_ch, stride in ((512, 256, 2), (256, 128, 2), (128, 64, 2), (64, 64, 1)):
-            blocks = [TransposedResBlock(in_ch, in_ch, 1) for _ in range(blocks_per_stage - 1)]
-            blocks.append(TransposedResBlock(in_ch, out_ch, stride))
+        for in_ch, out_ch in ((512, 256), (256, 128), (128, 64), (64, 64)):
+            upsample = in_ch != out_ch  # the last stage keeps its side
+            blocks = [TransposedBlock(in_ch, in_ch) for _ in range(blocks_per_stage - 1)]
+            blocks.append(TransposedBlock(in_ch, out_ch, upsample=upsample))
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.out = nn.ConvTranspose2d(
@@ -116,70 +122,77 @@ class SimVAEResNetDecoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def aavae_geometry(image_size: int, max_upsamplings: int = 4) -> tuple[int, int]:
-    """Return (number of x2 upsampling stages n, start side s0) with s0 * 2^n = image_size."""
-    n = 0
-    while (
-        n < max_upsamplings and image_size % 2 ** (n + 1) == 0 and image_size // 2 ** (n + 1) >= 4
-    ):
-        n += 1
-    return n, image_size // 2**n
+STEMS = ("cifar", "stl", "imagenet")
 
 
-class _Upsample(nn.Module):
-    """Nearest-neighbour x2 upsampling (identity when disabled)."""
+def stem_downsampling(stem: str) -> int:
+    """Total downsampling of a ResNet with this stem: 8 (cifar), 16 (stl), 32 (imagenet)."""
+    if stem not in STEMS:
+        raise ConfigError(f"Unknown ResNet stem {stem!r}; choose one of {', '.join(STEMS)}.")
+    return {"cifar": 8, "stl": 16, "imagenet": 32}[stem]
 
-    def __init__(self, enabled: bool) -> None:
+
+class _Resize(nn.Module):
+    """Nearest-neighbour resize to a fixed side (``side``) or by 2 (``side`` None)."""
+
+    def __init__(self, side: int | None = None) -> None:
         super().__init__()
-        self.enabled = enabled
+        self.side = side
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(x, scale_factor=2.0, mode="nearest") if self.enabled else x
+        if self.side is None:
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if x.shape[-1] == self.side and x.shape[-2] == self.side:
+            return x
+        return F.interpolate(x, size=(self.side, self.side), mode="nearest")
 
 
 class DecoderBasicBlock(nn.Module):
-    """u = up(x); ReLU(conv3x3(ReLU(conv3x3(u))) + skip(u)), skip = conv1x1 if shapes change."""
+    """``u = up(x)``; ``ReLU(conv3x3(ReLU(conv3x3(u))) + skip)``, skip = conv1x1(u) in the first
+    block of a stage (which resizes), else x."""
 
     expansion = 1
 
-    def __init__(self, in_ch: int, planes: int, upsample: bool = False) -> None:
+    def __init__(self, in_ch: int, planes: int, resize: nn.Module | None = None) -> None:
         super().__init__()
         out_ch = planes * self.expansion
-        self.up = _Upsample(upsample)
+        self.up = resize
         self.conv1 = nn.Conv2d(in_ch, planes, 3, padding=1)
         self.conv2 = nn.Conv2d(planes, out_ch, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
-        changes = upsample or in_ch != out_ch
-        self.skip: nn.Module = nn.Conv2d(in_ch, out_ch, 1) if changes else nn.Identity()
+        self.skip: nn.Module | None = None if resize is None else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        u = self.up(x)
+        u = x if self.up is None else self.up(x)
         out = self.conv2(self.relu(self.conv1(u)))
-        return self.relu(out + self.skip(u))
+        return self.relu(out + (u if self.skip is None else self.skip(u)))
 
 
 class DecoderBottleneck(nn.Module):
-    """u = up(x); ReLU(conv1x1(ReLU(conv3x3(ReLU(conv1x1(u))))) + skip(u)), 4x channel expansion."""
+    """``ReLU(conv1x1(ReLU(conv3x3(up(ReLU(conv1x1(x)))))) + skip)``, 4x channel expansion; the
+    resize sits between the first 1x1 and the 3x3 conv, skip = conv1x1(up(x)) in the first block
+    of a stage, else x."""
 
     expansion = 4
 
-    def __init__(self, in_ch: int, planes: int, upsample: bool = False) -> None:
+    def __init__(self, in_ch: int, planes: int, resize: nn.Module | None = None) -> None:
         super().__init__()
         out_ch = planes * self.expansion
-        self.up = _Upsample(upsample)
+        self.up = resize
         self.conv1 = nn.Conv2d(in_ch, planes, 1)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1)
         self.conv3 = nn.Conv2d(planes, out_ch, 1)
         self.relu = nn.ReLU(inplace=True)
-        changes = upsample or in_ch != out_ch
-        self.skip: nn.Module = nn.Conv2d(in_ch, out_ch, 1) if changes else nn.Identity()
+        self.skip: nn.Module | None = None if resize is None else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        u = self.up(x)
-        out = self.relu(self.conv1(u))
+        out = self.relu(self.conv1(x))
+        if self.up is not None:
+            out = self.up(out)
         out = self.relu(self.conv2(out))
         out = self.conv3(out)
-        return self.relu(out + self.skip(u))
+        skip = x if self.skip is None else self.skip(x if self.up is None else self.up(x))
+        return self.relu(out + skip)
 
 
 class AAVAEResNetDecoder(nn.Module):
@@ -193,6 +206,7 @@ class AAVAEResNetDecoder(nn.Module):
         out_channels: int = 3,
         blocks: str = "basic",
         layers: Sequence[int] = (2, 2, 2, 2),
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
         self.latent_dim = _check_pos_int(latent_dim, "latent_dim")
@@ -205,7 +219,7 @@ class AAVAEResNetDecoder(nn.Module):
         if feat_dim % 16 != 0:
             raise ConfigError(
                 f"feat_dim must be divisible by 16 (it is viewed as (feat_dim/16, 4, 4)), got "
-                f"{feat_dim}; AAVAE uses 512 (ResNet-18) or 2048 (ResNet-50)."
+                f"{feat_dim}; AAVAE uses 512 (ResNet-18/34) or 2048 (ResNet-50)."
             )
         block_cls: type[DecoderBasicBlock] | type[DecoderBottleneck]
         if blocks == "basic":
@@ -214,10 +228,18 @@ class AAVAEResNetDecoder(nn.Module):
             block_cls = DecoderBottleneck
         else:
             raise ConfigError(
-                f"Unknown decoder block type {blocks!r}: expected 'basic' (ResNet-18 style) or "
+                f"Unknown decoder block type {blocks!r}: expected 'basic' (ResNet-18/34 style) or "
                 "'bottleneck' (ResNet-50 style)."
             )
-        self.n_upsamplings, self.start_side = aavae_geometry(self.image_size)
+        factor = stem_downsampling(stem)
+        if self.image_size % factor != 0:
+            raise ConfigError(
+                f"The AAVAE ResNet decoder for the {stem!r} encoder stem needs an image size "
+                f"divisible by {factor} (the encoder's downsampling), got {self.image_size}. Use "
+                "--decoder conv (and --encoder conv) for this image size."
+            )
+        self.stem_name = stem
+        self.start_side = self.image_size // factor
         self.feat_dim = feat_dim
         self.mlp = nn.Sequential(
             nn.Linear(latent_dim, feat_dim),
@@ -225,24 +247,31 @@ class AAVAEResNetDecoder(nn.Module):
             nn.Linear(feat_dim, feat_dim),
             nn.ReLU(inplace=True),
         )
-        in_ch = 512 * block_cls.expansion
-        self.stem = nn.Sequential(nn.Conv2d(feat_dim // 16, in_ch, 1), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(feat_dim // 16, feat_dim, 1), nn.ReLU(inplace=True))
+        in_ch = feat_dim
         stages: list[nn.Module] = []
         for i, (planes, n_blocks) in enumerate(zip((256, 128, 64, 32), layers_l, strict=True)):
-            stage: list[nn.Module] = [block_cls(in_ch, planes, upsample=i < self.n_upsamplings)]
+            resize = _Resize(self.start_side if i == 0 else None)
+            stage: list[nn.Module] = [block_cls(in_ch, planes, resize)]
             in_ch = planes * block_cls.expansion
             stage += [block_cls(in_ch, planes) for _ in range(n_blocks - 1)]
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
-        self.out = nn.Sequential(
-            nn.Conv2d(in_ch, 64, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(64, out_channels, 3, padding=1),
-        )
+        self.conv = nn.Conv2d(in_ch, 64, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.final = nn.Conv2d(64, out_channels, 3, padding=1)
+
+    def stage_sides(self) -> list[int]:
+        """Side of each stage's output (e.g. [4, 8, 16, 32] for CIFAR, [6, 12, 24, 48] for STL)."""
+        return [self.start_side * 2**i for i in range(4)]
 
     def forward(self, z: Tensor) -> Tensor:
         """Return (N, C, image_size, image_size) means (no activation)."""
         h = self.mlp(z).view(z.shape[0], self.feat_dim // 16, 4, 4)
-        if self.start_side != 4:
-            h = F.interpolate(h, size=(self.start_side, self.start_side), mode="nearest")
-        return self.out(self.stages(self.stem(h)))
+        h = self.stages(self.stem(h))
+        if self.stem_name == "imagenet":  # the encoder's max-pool
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        h = self.relu(self.conv(h))
+        if self.stem_name != "cifar":  # the encoder's stride-2 stem conv
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        return self.final(h)

@@ -23,6 +23,13 @@ def resolve_kind(kind: str, image_shape: tuple[int, int, int]) -> str:
     return "mlp" if max(image_shape[1:]) <= 16 else "conv"
 
 
+def resnet_stem(image_shape: tuple[int, int, int]) -> str:
+    """The ResNet stem for an image size: ``cifar`` up to 64 px, ``stl`` up to 128, else
+    ``imagenet`` (decoders that mirror the encoder use the same choice)."""
+    side = image_shape[1]
+    return "cifar" if side <= 64 else "stl" if side <= 128 else "imagenet"
+
+
 def build_encoder(
     kind: str,
     image_shape: tuple[int, int, int],
@@ -65,7 +72,7 @@ def build_encoder(
     if kind.startswith("resnet"):
         from selfsup.nets.resnet import resnet_backbone
 
-        stem = "cifar" if image_shape[1] <= 64 else "stl" if image_shape[1] <= 128 else "imagenet"
+        stem = resnet_stem(image_shape)
         body, feat = resnet_backbone(
             kind, stem=stem, in_channels=image_shape[0], **(resnet_options or {})
         )

@@ -9,6 +9,12 @@ The stem kernel is 3x3 (with bias) for images up to 32 pixels and 4x4 (no bias) 
 -> 16 -> 8 gives 128 x 8 x 8 = 8192. The flattened size is measured with a dummy forward at
 construction and exposed as ``feature_dim``; ``out_dim`` adds the Linear head (2 * latent_dim for
 a VAE encoder), ``out_dim=None`` returns the flattened features.
+
+Initialisation as released (src/model/resnet.py:139-144, src/model/models.py:138-147): every
+convolution of the residual stages, shortcuts included, is drawn from kaiming_normal (fan_out,
+ReLU gain): ``w ~ N(0, 2 / (C_out k^2))``; every BatchNorm starts at weight 1, bias 0. The stem
+convolution keeps PyTorch's default initialisation (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``),
+because the released encoder replaces it after that initialisation loop; so does the Linear head.
 """
 
 from __future__ import annotations
@@ -92,6 +98,13 @@ class SlimResNetEncoder(nn.Module):
             stages.append(nn.Sequential(*stage))
             in_ch = width
         self.layers = nn.Sequential(*stages)
+        for m in self.layers.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         self.out_channels = in_ch
         self.feature_dim = self._measure_feature_dim()
         if out_dim is None:
