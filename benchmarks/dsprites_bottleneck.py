@@ -2,25 +2,31 @@
 
 Run as ``python -m benchmarks.dsprites_bottleneck --steps S --max-samples M --out FILE.json``.
 
-Both runs: BYOL on ``dsprites-procedural`` with the out-of-distribution split K=2 (train on 6 of
-the 12 shape x quadrant combinations minus a 10% in-distribution held-out set, val and test on
-unseen combinations), the 64x64 conv backbone (``conv64``, hidden 128), an embedder
-Linear(128 -> L*V = 2048, no bias)-BN, the paper's projector Linear(2048 -> 1024)-BN-ReLU-
-Linear(1024 -> 128, no bias)-BN, a predictor 128-1024-128, target EMA decay 0.99 (constant) over
-backbone, embedder and projector, Adam 1e-3, batch ``--batch-size``, ``--steps`` optimizer steps,
-the dataset's augmentation (random affine, 4 degrees, zoom 0.81-1, nearest), inputs normalized by
-the train split's mean and std. The only difference is the bridge: ``continuous`` (none) vs
-``softmax`` (L = 128 groups of V = 16, tau = 1).
+Both runs: the faithful preset ``configs/byol/dsprites.yaml`` (BYOL as released in
+lavoiems/SoftDiscrete_SSL, following ``launch_dsprites.sh``: the released conv64 backbone with
+hidden size 256 (813k parameters), embedder Linear(256 -> L*V, no bias)-BN, projector
+Linear(L*V -> 1024)-BN-ReLU-Linear(1024 -> 256, no bias)-BN, predictor Linear(256, 256, no bias),
+target EMA 0.99 (constant) over backbone, embedder, bridge and projector, the released loss
+-(cos_ab + cos_ba) / 2, AdamW lr 1e-3 weight decay 1e-4, batch 256, L = 256, V = 32, tau = 1; the
+released held-out rule (45,000 training images, random_split seeds 100 / 102); the dataset's
+augmentation: random affine, 4 degrees, zoom 0.81-1, nearest) on ``dsprites-procedural`` with the
+out-of-distribution split K=2, ``--steps`` optimizer steps. The only difference is the bridge:
+``continuous`` (embedder width = hidden size 256, as released) vs ``softmax``.
 
-Then :func:`selfsup.evaluate.factors.evaluate_factors` (``selfsup eval factors``): ridge probes of
-each factor fit on (a seeded subset of ``--max-samples`` of) train, alpha chosen on val (OOD),
-scored on held-out (ID), val and test (OOD), for the L2-normalised backbone features and, for the
-softmax run, the discrete code. ``--random-init`` adds the untrained network as a baseline.
+Then :func:`selfsup.evaluate.factors.evaluate_factors` (``selfsup eval factors``) on a seeded
+subset of ``--max-samples`` images per split, with the released protocol (ridge alpha 1 without
+intercept, fit on train) and ours (``tuned``: intercept, alpha chosen on the in-distribution
+held-out split), for the L2-normalised backbone features and, for the softmax run, the discrete
+code. ``--random-init`` adds the untrained network as a baseline.
+
+``--workdir DIR`` keeps the trained runs; ``--stage train`` only trains (resuming an interrupted
+run), ``--stage eval`` only probes the runs in DIR, ``all`` (the default) does both.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -32,75 +38,86 @@ import torch
 
 from benchmarks.common import machine, write_result
 from selfsup import pipelines
-from selfsup.evaluate.factors import evaluate_factors, format_table
+from selfsup.evaluate.factors import PROTOCOLS, evaluate_factors, format_table
 
 VARIANTS = ("continuous", "softmax")
 
 
 def build(variant: str, args: argparse.Namespace, steps: int) -> Any:
-    """The run config of one variant (see the module doc)."""
-    model = {
-        "backbone": "conv64", "width": args.width, "encode_method": variant,
-        "embedder": "linear", "message_size": 128, "vocab_size": 16, "tau": 1.0,
-        "proj_dims": [1024, 128], "proj_last_bn": True, "pred_hidden": 1024,
-        "base_momentum": 0.99, "final_momentum": 0.99,
-    }
+    """The run config of one variant: the preset, the bridge and the budget."""
+    data: dict[str, Any] = {"ood_k": 2, "num_workers": 0}
+    if args.batch_size:
+        data["batch_size"] = args.batch_size
     return pipelines.build_config(
         "byol",
         "dsprites-procedural",
         flags={
-            "model": model,
-            "data": {"batch_size": args.batch_size, "ood_k": 2, "num_workers": 0},
+            "model": {"encode_method": variant},
+            "data": data,
             "trainer": {"epochs": 1, "max_steps": max(steps, 1), "progress_bar": False,
                         "plots": False, "val_every": 0, "log_every": 10,
                         "checkpoint_every": 1},
         },
-        sets=[f"seed={args.seed}", "augment.normalize_stats=train"],
+        sets=[f"seed={args.seed}"],
     )
 
 
-def run_variant(variant: str, args: argparse.Namespace, workdir: Path, random_init: bool = False
-                ) -> dict[str, Any]:
-    """Train one variant (unless ``random_init``) and probe its factors."""
-    config = build(variant, args, 0 if random_init else args.steps)
+def untrained(variant: str, args: argparse.Namespace) -> Any:
+    """The untrained network of ``variant`` (inputs normalised by the train split)."""
+    from selfsup.data.augment import resolve_normalization
+    from selfsup.engine import data_info
+    from selfsup.methods import method_class
+
+    config = build(variant, args, 0)
+    train_set = pipelines.load_split(config, "train")
+    resolve_normalization(config.augment, train_set)
+    torch.manual_seed(config.seed)
+    return method_class("byol")(config, data_info(train_set))
+
+
+def train_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Train one variant into ``workdir/variant`` (resumed when interrupted)."""
+    run_dir = workdir / variant
+    done = run_dir / "benchmark_train.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     started = time.perf_counter()
-    if random_init:
-        from selfsup.data.augment import resolve_normalization
-        from selfsup.engine import data_info
-        from selfsup.methods import method_class
-
-        train_set = pipelines.load_split(config, "train")
-        resolve_normalization(config.augment, train_set)
-        torch.manual_seed(config.seed)
-        method = method_class("byol")(config, data_info(train_set))
-        steps, seconds = 0, 0.0
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        _, result = pipelines.resume(run_dir)
     else:
-        method, result = pipelines.train(config, workdir / variant)
-        steps, seconds = result.global_step, result.seconds
-    total_train = time.perf_counter() - started
+        _, result = pipelines.train(build(variant, args, args.steps), run_dir)
+    info = {"steps": result.global_step, "train_seconds": round(result.seconds, 1),
+            "train_wall_seconds": round(time.perf_counter() - started, 1)}
+    if not result.interrupted:
+        done.write_text(json.dumps(info))
+    print(f"== {variant}: {info}", flush=True)
+    return info
+
+
+def probe(method: Any, name: str, args: argparse.Namespace, info: dict[str, Any]
+          ) -> dict[str, Any]:
+    """Factor probes of ``method`` with every protocol."""
     method.eval()
-    factors = evaluate_factors(method, max_samples=args.max_samples, seed=args.seed)
-    name = f"{variant} (random init)" if random_init else variant
-    print(f"\n== {name}: {steps} steps, train {seconds:.0f} s, eval {factors['seconds']:.0f} s")
-    print(format_table(factors), flush=True)
-    return {
-        "variant": name,
-        "steps": steps,
-        "images_seen": steps * args.batch_size,
-        "train_seconds": round(seconds, 1),
-        "train_wall_seconds": round(total_train, 1),
-        "factors": factors,
-        "normalization": {"mean": list(config.augment.mean), "std": list(config.augment.std)},
-        "model": config.to_dict()["model"],
-    }
+    out: dict[str, Any] = {"variant": name, **info,
+                           "images_seen": info.get("steps", 0) * method.config.data.batch_size}
+    for protocol in PROTOCOLS:
+        factors = evaluate_factors(method, max_samples=args.max_samples, seed=args.seed,
+                                   protocol=protocol)
+        print(f"\n== {name} ({protocol}), eval {factors['seconds']:.0f} s")
+        print(format_table(factors), flush=True)
+        out[f"factors_{protocol}"] = factors
+    out["normalization"] = {"mean": list(method.config.augment.mean),
+                            "std": list(method.config.augment.std)}
+    out["model"] = method.config.to_dict()["model"]
+    return out
 
 
-def ood_table(rows: list[dict[str, Any]]) -> str:
+def ood_table(rows: list[dict[str, Any]], protocol: str) -> str:
     """Markdown table: factor x (variant, representation), columns heldout / val / test."""
     lines = ["| factor | metric | model | representation | held-out (ID) | val (OOD) "
              "| test (OOD) |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        for r in row["factors"]["results"]:
+        for r in row[f"factors_{protocol}"]["results"]:
             if "skipped" in r:
                 continue
             lines.append(
@@ -112,14 +129,15 @@ def ood_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per variant")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=32, help="conv64 width (32: hidden 128)")
-    parser.add_argument("--max-samples", type=int, default=5000,
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per variant")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the preset's (256)")
+    parser.add_argument("--max-samples", type=int, default=3000,
                         help="images per split for the factor probes (0: all)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--random-init", action="store_true",
                         help="also probe the untrained network (baseline)")
+    parser.add_argument("--stage", choices=["all", "train", "eval"], default="all")
+    parser.add_argument("--workdir", help="keep the trained runs here (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/dsprites_bottleneck_cpu.json")
@@ -130,27 +148,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logging.getLogger(logger).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        infos = {}
+        if args.stage in ("all", "train"):
+            infos = {v: train_variant(v, args, workdir) for v in args.variants}
+        if args.stage == "train":
+            return {"trained": infos}
         if args.random_init:
-            rows.append(run_variant("softmax", args, Path(tmp), random_init=True))
+            rows.append(probe(untrained("softmax", args), "softmax (random init)", args,
+                              {"steps": 0}))
         for variant in args.variants:
-            rows.append(run_variant(variant, args, Path(tmp)))
+            info = infos.get(variant) or json.loads(
+                (workdir / variant / "benchmark_train.json").read_text())
+            method = pipelines.load_run(workdir / variant)
+            rows.append(probe(method, variant, args, info))
+    batch = build(args.variants[0], args, 1).data.batch_size
     report = {
         "benchmark": "dsprites_bottleneck",
-        "budget": {"steps": args.steps, "batch_size": args.batch_size,
-                   "images_seen": args.steps * args.batch_size, "threads": args.threads,
-                   "probe_max_samples_per_split": args.max_samples, "seed": args.seed,
-                   "width": args.width},
+        "preset": "configs/byol/dsprites.yaml",
+        "budget": {"steps": args.steps, "batch_size": batch, "images_seen": args.steps * batch,
+                   "threads": args.threads, "probe_max_samples_per_split": args.max_samples,
+                   "seed": args.seed},
         "command": "python -m benchmarks.dsprites_bottleneck " + " ".join(argv or []),
         "note": args.note,
         "machine": machine(),
         "total_seconds": round(time.perf_counter() - started, 1),
         "results": rows,
-        "table_markdown": ood_table(rows),
+        "table_markdown": {p: ood_table(rows, p) for p in PROTOCOLS},
     }
     write_result(args.out, report)
-    print("\n" + report["table_markdown"])
+    for protocol in PROTOCOLS:
+        print(f"\n{protocol}:\n" + report["table_markdown"][protocol])
     print(f"total {report['total_seconds']:.0f} s")
     return report
 

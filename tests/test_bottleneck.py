@@ -80,16 +80,18 @@ def test_gumbel_noise_statistics_and_gumbel_max_theorem():
     out, _ = hard(probs.log().repeat(20000)[None])
     freq = out.view(-1, 4).mean(0)
     torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
-    # 3) default tau sqrt(V); no noise in eval mode: plain softmax(e / tau)
-    assert hard.tau == 2.0 and build_bridge("softmax", 0, vocab_size=9).tau == 1.0
-    bridge = build_bridge("gumbel", 0, message_size=3, vocab_size=9).eval()
+    # 3) default tau 1 (the released code passes 1.0); no noise in eval mode: softmax(e / tau)
+    assert hard.tau == 1.0 and build_bridge("softmax", 0, vocab_size=9).tau == 1.0
+    bridge = build_bridge("gumbel", 0, message_size=3, vocab_size=9, tau=3.0).eval()
     e = torch.randn(2, 27)
     torch.testing.assert_close(bridge(e)[0].view(2, 3, 9), torch.softmax(e.view(2, 3, 9) / 3, -1))
 
 
 def _vq(codebook: list[list[float]], decay: float = 0.85, beta: float = 0.25) -> VQBridge:
+    """Our EMA k-means VQ (nearest code) with the mean commitment."""
     v, d = len(codebook), len(codebook[0])
-    bridge = VQBridge(message_size=2, vocab_size=v, code_dim=d, beta=beta, decay=decay)
+    bridge = VQBridge(message_size=2, vocab_size=v, code_dim=d, beta=beta, decay=decay,
+                      update="kmeans", hard=True, commitment_scale="mean")
     bridge.codebook.copy_(torch.tensor(codebook))
     bridge.ema_sum.copy_(torch.tensor(codebook))
     return bridge
@@ -190,8 +192,8 @@ def test_byol_teacher_temperature_and_cli_style_flags():
     config = pipelines.build_config("byol", "digits", flags=flags)
     assert config.model.hard and config.model.target_tau == 0.25
     method = method_class("byol")(config, DataInfo("digits", (1, 8, 8), 10, True))
-    assert method.bridge.tau == 2.0 and method.target_bridge.tau == 0.25
-    assert method.bridge.hard and method.target_bridge.hard
+    assert method.bridge.tau == 2.0 and method.target["bridge"].tau == 0.25
+    assert method.bridge.hard and method.target["bridge"].hard
     with pytest.raises(ConfigError, match="encode_method"):
         pipelines.build_config("vicreg", "digits", flags={"encode_method": "binary"})
     with pytest.raises(ConfigError, match="tau"):
@@ -202,13 +204,19 @@ def test_byol_teacher_temperature_and_cli_style_flags():
 
 
 def test_conv64_backbone_shapes():
-    net = Conv64Encoder((1, 64, 64), width=32)
+    net = Conv64Encoder((1, 64, 64), width=8, out_dim=12)
     pools = [m.output_size for m in net.modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
-    assert pools == [16, 4, 1] and net.out_dim == 128
-    assert net(torch.randn(2, 1, 64, 64)).shape == (2, 128)
-    config = pipelines.build_config("byol", "digits", flags={"backbone": "conv64", "width": 4})
+    assert pools == [16, 4, 1] and net.out_dim == 12
+    assert net(torch.randn(2, 1, 64, 64)).shape == (2, 12)
+    config = pipelines.build_config("byol", "digits", flags={"backbone": "conv64", "width": 4,
+                                                             "feature_dim": 16})
     method = method_class("byol")(config, DataInfo("x", (3, 64, 64), 0, False))
     assert method.feature_dim == 16
+    config = pipelines.build_config("byol", "digits", flags={"backbone": "conv64"})
+    method = method_class("byol")(config, DataInfo("x", (1, 64, 64), 0, False))
+    assert config.model.width == 64 and method.feature_dim == 128  # the released defaults
+    with pytest.raises(ConfigError, match="width"):
+        Conv64Encoder((1, 64, 64), width=0)
 
 
 def test_channel_stats_and_normalize_from_the_train_split(tmp_path):

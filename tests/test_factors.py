@@ -1,5 +1,6 @@
-"""Factor probes (selfsup.evaluate.factors) against scikit-learn's Ridge / RidgeClassifier, model
-selection on val only, and `selfsup eval factors` end to end on a tiny procedural dSprites run."""
+"""Factor probes (selfsup.evaluate.factors) against scikit-learn's Ridge / RidgeClassifier: the
+released protocol (alpha 1, no intercept) and ours (alpha selected on the in-distribution heldout
+split only), and `selfsup eval factors` end to end on a tiny procedural dSprites run."""
 
 from __future__ import annotations
 
@@ -93,21 +94,22 @@ def test_factor_probes_match_sklearn_on_every_split():
     assert [r["factor"] for r in rows] == ["c4", "c2", "cont"]
     for f, row in enumerate(rows):
         x_train = feats["train"].numpy()
-        # selection: recompute every alpha's val score with scikit-learn, take the best
-        val_scores = {}
+        # selection: recompute every alpha's heldout score with scikit-learn, take the best
+        sel_scores = {}
         for alpha in alphas:
             if row["kind"] == "categorical":
                 model = RidgeClassifier(alpha=alpha, solver="svd").fit(
                     x_train, facts["train"][:, f].numpy())
-                val_scores[alpha] = model.score(feats["val"].numpy(), facts["val"][:, f].numpy())
+                sel_scores[alpha] = model.score(feats["heldout"].numpy(),
+                                                facts["heldout"][:, f].numpy())
             else:
                 model = Ridge(alpha=alpha, solver="svd").fit(x_train, vals["train"][:, f].numpy())
-                val_scores[alpha] = sk_r2(vals["val"][:, f].numpy(),
-                                          model.predict(feats["val"].numpy()))
+                sel_scores[alpha] = sk_r2(vals["heldout"][:, f].numpy(),
+                                          model.predict(feats["heldout"].numpy()))
         for alpha in alphas:
-            assert row["selection_scores"][repr(alpha)] == pytest.approx(val_scores[alpha])
-        best = max(val_scores.values())
-        assert row["alpha"] == max(a for a, v in val_scores.items() if v == best)
+            assert row["selection_scores"][repr(alpha)] == pytest.approx(sel_scores[alpha])
+        best = max(sel_scores.values())
+        assert row["alpha"] == max(a for a, v in sel_scores.items() if v == best)
         if row["kind"] == "categorical":
             ref = RidgeClassifier(alpha=row["alpha"], solver="svd").fit(
                 x_train, facts["train"][:, f].numpy())
@@ -121,17 +123,54 @@ def test_factor_probes_match_sklearn_on_every_split():
     assert rows[0]["test"] < 1.0  # class 3 never seen in train is never predicted
 
 
-def test_selection_never_looks_at_test_or_heldout():
+def test_released_protocol_is_sklearn_ridge_without_intercept_alpha_1():
+    """eval_tools.py:125-127: RidgeClassifier / Ridge(fit_intercept=False), default alpha 1, fit
+    on train, scored on every split; no selection."""
+    feats, facts, vals = _factor_problem(2)
+    rows = factor_probes({"features": feats}, facts, vals, ["c4", "c2", "cont"],
+                         ["categorical", "categorical", "continuous"], [1.0], None, False)
+    x_train = feats["train"].numpy()
+    for f, row in enumerate(rows):
+        assert row["alpha"] == 1.0 and "selection_scores" not in row
+        if row["kind"] == "categorical":
+            ref = RidgeClassifier(fit_intercept=False).fit(x_train, facts["train"][:, f].numpy())
+            for s in feats:
+                assert row[s] == pytest.approx(ref.score(feats[s].numpy(), facts[s][:, f].numpy()))
+        else:
+            ref = Ridge(fit_intercept=False).fit(x_train, vals["train"][:, f].numpy())
+            for s in feats:
+                assert row[s] == pytest.approx(
+                    sk_r2(vals[s][:, f].numpy(), ref.predict(feats[s].numpy())))
+    # the intercept matters here (non-centred features and targets): the protocols differ
+    tuned = factor_probes({"features": feats}, facts, vals, ["c4", "c2", "cont"],
+                          ["categorical", "categorical", "continuous"], [1.0], None, True)
+    assert tuned[2]["test"] != pytest.approx(rows[2]["test"])
+    with pytest.raises(ConfigError, match="one alpha"):
+        factor_probes({"f": feats}, facts, vals, ["a", "b", "c"],
+                      ["categorical", "categorical", "continuous"], [1.0, 2.0], None)
+
+
+def test_ridge_solver_without_intercept_matches_sklearn():
+    x, y = _data(30, 6, 3)
+    solver = RidgeSolver(torch.from_numpy(x), fit_intercept=False)
+    proj, y_mean = solver.project(torch.from_numpy(y))
+    w, b = solver.coef(proj, y_mean, 1.0)
+    ref = Ridge(alpha=1.0, fit_intercept=False).fit(x, y)
+    np.testing.assert_allclose(w.numpy().T, ref.coef_, rtol=1e-7, atol=1e-9)
+    assert float(b.abs().max()) == 0.0
+
+
+def test_selection_never_looks_at_the_ood_splits():
     feats, facts, vals = _factor_problem(1)
     names, kinds = ["c4", "c2", "cont"], ["categorical", "categorical", "continuous"]
     rows = factor_probes({"f": feats}, facts, vals, names, kinds)
     gen = torch.Generator().manual_seed(0)
-    for s in ("test", "heldout"):
+    for s in ("test", "val"):
         perm = torch.randperm(facts[s].shape[0], generator=gen)
         facts[s], vals[s] = facts[s][perm], vals[s][perm]
     again = factor_probes({"f": feats}, facts, vals, names, kinds)
     assert [r["alpha"] for r in rows] == [r["alpha"] for r in again]
-    assert [r["val"] for r in rows] == [r["val"] for r in again]
+    assert [r["heldout"] for r in rows] == [r["heldout"] for r in again]
 
 
 def test_bad_alphas_and_single_class():
@@ -160,7 +199,7 @@ def _train_tiny(tmp_path, *extra: str) -> str:
         "--epochs", "1", "--batch-size", "16", "--out", run, "--no-progress", "--json",
         "--set", "data.ood_k=2", "--set", "model.width=4", "--set", "model.proj_dims=[16,16]",
         "--set", "model.pred_hidden=16", "--set", "trainer.plots=false",
-        "--set", "data.num_workers=0", *extra,
+        "--set", "data.num_workers=0", "--set", "data.heldout_split=fraction", *extra,
     ])
     assert code == 0
     return run
@@ -186,7 +225,14 @@ def test_eval_factors_end_to_end(tmp_path, small_dsprites, capsys):
     assert cli.main(["eval", "factors", "--run", run, "--max-samples", "10"]) == 0
     out = capsys.readouterr().out
     assert "val(OOD)" in out and "posY" in out and "train 10" in out
+    assert result["protocol"] == "released" and result["selection"] == "none"
+    assert all(r["alpha"] == 1.0 for r in result["results"] if "alpha" in r)
+    assert cli.main(["eval", "factors", "--run", run, "--protocol", "tuned", "--json"]) == 0
+    tuned = json.loads(capsys.readouterr().out)
+    assert tuned["selection"] == "heldout" and tuned["fit_intercept"]
     assert cli.main(["eval", "factors", "--run", run, "--epochs", "3"]) == 2
+    assert cli.main(["eval", "factors", "--run", run, "--protocol", "sgd"]) == 2
+    assert cli.main(["eval", "linear", "--run", run, "--protocol", "tuned"]) == 2
     assert cli.main(["eval", "linear", "--run", run, "--max-samples", "3"]) == 2
 
 
@@ -194,7 +240,8 @@ def test_eval_factors_reports_the_code_when_the_method_has_one(tmp_path, small_d
     """A stand-in method whose code is a one-hot of the true shape: the code row classifies the
     shape perfectly on every split, the features row does not see it."""
     config = pipelines.build_config("byol", "dsprites-procedural",
-                                    sets=["data.ood_k=1", "data.heldout_fraction=0.2"])
+                                    sets=["data.ood_k=1", "data.heldout_fraction=0.2",
+                                          "data.heldout_split=fraction"])
     config.data.dir = str(tmp_path)
 
     class Stub(torch.nn.Module):
@@ -242,7 +289,8 @@ def test_subset_loading_equals_load_then_subsample(tmp_path, small_dsprites):
     from selfsup.data.splits import subsample_positions
     from selfsup.evaluate.factors import _load_split
 
-    config = pipelines.build_config("byol", "dsprites-procedural", sets=["data.ood_k=1"])
+    config = pipelines.build_config("byol", "dsprites-procedural",
+                                    sets=["data.ood_k=1", "data.heldout_split=fraction"])
     config.data.dir = str(tmp_path)
     direct = _load_split(config, "test", None, 7, 3)  # renders only the 7 images
     full = pipelines.load_split(config, "test")

@@ -69,11 +69,11 @@ def test_tiny_run_learns_a_representation(trained, name):
 
 def test_byol_target_is_a_frozen_moving_average(trained):
     method, weights, _ = trained["byol"]
-    target = list(method.target_backbone.parameters()) + list(method.target_projector.parameters())
+    target = list(method.target.parameters())
     assert all(not p.requires_grad and p.grad is None for p in target)
     assert not any(p in set(method.method_parameters()) for p in target)
     online = [weights[k] for k in weights if k.startswith(("backbone.", "projector."))]
-    ema = [weights[k] for k in weights if k.startswith(("target_backbone.", "target_projector."))]
+    ema = [weights[k] for k in weights if k.startswith(("target.backbone.", "target.projector."))]
     assert len(online) == len(ema) > 0
     # the target moved (EMA) but is not a copy of the online network
     assert any(not torch.equal(a, b) for a, b in zip(online, ema, strict=True))

@@ -262,10 +262,20 @@ def test_batch_norm_sees_both_views_as_one_batch(concat: bool):
     assert not torch.allclose(_bn_stats(other.backbone)[1], _bn_stats(twin.backbone)[1])
 
 
-def test_concat_views_refused_by_methods_with_their_own_step():
+def test_concat_views_reaches_the_target_network_of_byol():
+    """The views hook is shared: BYOL with concat_views passes cat(x_a, x_b) through the online
+    and the target network (the soft-discretization MoCo-SimCLR's --pass_views_together)."""
     config = pipelines.build_config("byol", "digits", flags={"model": {"concat_views": True}})
-    with pytest.raises(ConfigError, match="concat_views"):
-        method_class("byol")(config, DataInfo("digits", (1, 8, 8), 10, True))
+    method = method_class("byol")(config, DataInfo("digits", (1, 8, 8), 10, True))
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    method.step_generator.manual_seed(5)
+    x_a, x_b = method.two_views(images)
+    twin = copy.deepcopy(method)
+    views = method.forward_views(x_a, x_b)
+    with torch.no_grad():
+        want = twin.target_projection(torch.cat([x_a, x_b])).chunk(2)
+    for got, ref in zip(views.target, want, strict=True):
+        torch.testing.assert_close(got, ref)
     with pytest.raises(ConfigError, match="ResNet"):
         method_class("vicreg")(
             pipelines.build_config("vicreg", "digits", flags={"model": {"backbone_fc": 8}}),

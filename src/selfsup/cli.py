@@ -207,12 +207,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--max-samples applies to `selfsup eval factors` only.")
     options: dict = {}
     if args.protocol is not None:
-        if args.protocol in ("selfsup", "symvae") or (
-            args.probe != "linear" and not (args.probe == "mlp" and args.protocol == "released")
-        ):
+        other_probe = args.protocol in ("tuned", "selfsup", "symvae")  # factors / fid
+        mlp_released = args.probe == "mlp" and args.protocol == "released"
+        if other_probe or (args.probe != "linear" and not mlp_released):
             raise ConfigError(
                 "--protocol applies to `selfsup eval linear`, `--protocol released` also to "
-                "`selfsup eval mlp`, and --protocol selfsup|symvae to `selfsup eval fid`."
+                "`selfsup eval mlp`, --protocol released|tuned to `selfsup eval factors`, and "
+                "--protocol selfsup|symvae to `selfsup eval fid`."
             )
         options["protocol"] = args.protocol
     released = options.get("protocol") == "released"
@@ -290,13 +291,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _eval_factors(args: argparse.Namespace, method: Any) -> int:
     from selfsup.evaluate.factors import evaluate_factors, format_table, save_result
 
-    for key in ("protocol", "epochs", "lr", "batch_size"):
+    for key in ("epochs", "lr", "batch_size"):
         if getattr(args, key, None) is not None:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"{flag} does not apply to `selfsup eval factors`.")
+    protocol = args.protocol or "released"
+    if protocol not in ("released", "tuned"):
+        raise ConfigError(
+            f"`selfsup eval factors --protocol {protocol}` is not a factor-probe protocol; use "
+            "released (ridge alpha 1 without intercept, the default) or tuned (alpha chosen on "
+            "the in-distribution heldout split)."
+        )
     result = evaluate_factors(
         method, args.data_dir, device=args.device, max_samples=args.max_samples or 0,
-        seed=args.seed,
+        seed=args.seed, protocol=protocol,
     )
     result["run"] = str(args.run)
     result["json_file"] = str(save_result(result, args.run))
@@ -541,14 +549,16 @@ def build_parser(method_for_help: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
         "--protocol",
-        choices=["lbfgs", "sgd", "adam", "sgd-augmented", "released", "selfsup", "symvae"],
-        help="linear only: lbfgs (default; weight decay chosen on a validation split) or the "
+        choices=["lbfgs", "sgd", "adam", "sgd-augmented", "released", "tuned", "selfsup", "symvae"],
+        help="linear: lbfgs (default; weight decay chosen on a validation split) or the "
         "papers' fixed-epoch protocol: a linear layer trained by SGD (Nesterov) or Adam with a "
         "cosine schedule, e.g. --protocol sgd --epochs 50; sgd-augmented: augustwester/vicreg's "
         "eval.py (plain SGD lr 0.02, weight decay 1e-6, 50 epochs, cosine per epoch, on "
         "randomly cropped and flipped training images through the frozen encoder); linear or "
         "mlp: released = SimVAE's released protocol (Adam 3e-4, 200 epochs, batch 64; reports "
-        "the BEST TEST accuracy over epochs, i.e. model selection on test). fid: selfsup "
+        "the BEST TEST accuracy over epochs, i.e. model selection on test). factors: released "
+        "(default; ridge alpha 1 without intercept, as the soft-discretization code) or tuned "
+        "(intercept, alpha chosen on the in-distribution heldout split). fid: selfsup "
         "(default: 10k samples vs 10k test images, E[x|z]) or symvae (the released protocol of "
         "the hierarchical VAE: every training image as reference, as many samples, binary "
         "modes, 1000 chain steps)",

@@ -46,7 +46,9 @@ class DataConfig:
     Factor datasets (dSprites, MPI3D): ``split_scheme`` ``ood`` (train on some factor
     combinations, val/test on unseen ones) or ``iid`` (random splits of the same sizes); ``ood_k``
     the number of combinations trained on (0: the dataset's default, dSprites 2, MPI3D 3);
-    ``heldout_fraction`` of train kept aside (fixed seed) as the in-distribution held-out split.
+    ``heldout_fraction`` of train kept aside (fixed seed) as the in-distribution held-out split;
+    ``heldout_split: released`` instead keeps ``n_train`` train images and holds out the
+    soft-discretization code's random_split (seeds 100 and 102).
     """
 
     name: str = "digits"
@@ -62,6 +64,8 @@ class DataConfig:
     split_scheme: str = "ood"
     ood_k: int = 0
     heldout_fraction: float = 0.1
+    heldout_split: str = "fraction"
+    n_train: int = 0
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -77,7 +81,8 @@ class DataConfig:
             )
         from selfsup.data.splits import check_split_options
 
-        check_split_options(self.name, self.split_scheme, self.ood_k, self.heldout_fraction)
+        check_split_options(self.name, self.split_scheme, self.ood_k, self.heldout_fraction,
+                            self.heldout_split, self.n_train)
 
 
 @dataclass

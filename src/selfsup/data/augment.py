@@ -64,7 +64,7 @@ __all__ = [
 
 # torchvision's luma weights (ITU-R 601-2 with torchvision's rounding of the red weight).
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
-_INTERPOLATIONS = ("bilinear", "nearest")
+_INTERPOLATIONS = ("bilinear", "nearest", "nearest-legacy")
 _MAX_CROP_TRIES = 10
 
 
@@ -86,7 +86,10 @@ class AugmentConfig:
             ``blur_kernel`` the odd kernel size (0: ``int(0.1 * height)`` rounded up to odd, >= 3).
         solarize_prob: probability of solarization ``x -> 1 - x`` where ``x >= 0.5``.
         affine_degrees: rotation uniform in ``[-d, d]`` degrees; ``affine_scale`` the zoom range.
-        interpolation: ``"bilinear"`` or ``"nearest"``.
+        interpolation: ``"bilinear"``, ``"nearest"`` (the nearest pixel centre, torchvision's
+            NEAREST_EXACT) or ``"nearest-legacy"`` (torchvision's tensor NEAREST, i.e.
+            ``F.interpolate(mode="nearest")``: source index ``floor(i * in / out)`` of the resized
+            crop; crops only, no affine).
         pre_resize: side ``P`` > 0: resize every image to ``P x P`` (bilinear) before anything
             else; crop boxes are then drawn on the ``P x P`` image and resized back to the
             output size with antialiasing (only crop and flips; no affine, bilinear only).
@@ -201,6 +204,13 @@ class AugmentConfig:
             raise ConfigError(
                 f"augment.interpolation = {self.interpolation!r} is not supported. Use one of "
                 f"{', '.join(_INTERPOLATIONS)}."
+            )
+        if self.interpolation == "nearest-legacy" and (
+            float(self.affine_degrees) != 0.0 or list(self.affine_scale) != [1.0, 1.0]
+        ):
+            raise ConfigError(
+                "augment.interpolation = nearest-legacy resizes crops as torchvision's tensor "
+                "NEAREST and has no affine counterpart; use nearest with augment.affine_*."
             )
         for name in ("pre_resize", "clean_resize"):
             side = getattr(self, name)
@@ -608,10 +618,16 @@ class BatchAugment(torch.nn.Module):
         hi = to_device(hi, x).view(n, 1, 1, 2)
         grid = torch.maximum(torch.minimum(grid, hi), lo)
         mode = self.cfg.interpolation
-        if mode == "nearest":
-            # Nearest pixel centre as floor(coordinate + 1/2) (torchvision "nearest-exact").
+        if mode in ("nearest", "nearest-legacy"):
+            # Nearest pixel centre as floor(coordinate + 1/2) (torchvision "nearest-exact"); the
+            # legacy rule floor(i * in / out) is that shifted by half an output pixel.
             size = to_device(torch.tensor([float(width), float(height)]), x)
-            pix = torch.floor((grid + 1) * size / 2 + 1e-4)
+            pos = (grid + 1) * size / 2
+            if mode == "nearest-legacy":
+                ratio = torch.stack([bw / wo, bh / ho], dim=1)
+                pos = pos - 0.5 * to_device(ratio, x).view(n, 1, 1, 2)
+                mode = "nearest"
+            pix = torch.floor(pos + 1e-4)
             grid = (2 * pix + 1) / size - 1
         out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
         if not no_affine:

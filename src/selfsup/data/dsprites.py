@@ -66,7 +66,8 @@ LATENT_NAMES = ("color", "shape", "scale", "orientation", "posX", "posY")
 SHAPE_NAMES = ["square", "ellipse", "heart"]
 FACTOR_NAMES = ["shape", "scale", "orientation", "posX", "posY"]
 FACTOR_KINDS = (CATEGORICAL, CONTINUOUS, CATEGORICAL, CONTINUOUS, CONTINUOUS)
-OPTIONS = {"split_scheme": "ood", "ood_k": 0, "heldout_fraction": 0.1}
+OPTIONS = {"split_scheme": "ood", "ood_k": 0, "heldout_fraction": 0.1,
+           "heldout_split": "fraction", "n_train": 0}
 # The grid sizes the loaders expect (tests substitute a smaller grid here).
 GRID_SIZES: tuple[int, ...] = DSPRITES_SIZES
 FIX = (
@@ -155,7 +156,8 @@ def render_dsprites(
 def _split_indices(split: str, options: dict, sizes: tuple[int, ...]) -> torch.Tensor:
     opts = {**OPTIONS, **(options or {})}
     return factor_split_indices(
-        "dsprites", sizes, opts["split_scheme"], opts["ood_k"], opts["heldout_fraction"]
+        "dsprites", sizes, opts["split_scheme"], opts["ood_k"], opts["heldout_fraction"],
+        opts["heldout_split"], opts["n_train"],
     )[split]
 
 

@@ -43,11 +43,13 @@ VARIANTS = ("toy", "realistic", "real")
 IMAGE_SHAPE = (64, 64, 3)  # as stored: H, W, C
 FACTOR_NAMES = ["color", "shape", "size", "height", "background", "horizontal", "vertical"]
 FACTOR_KINDS = (CATEGORICAL,) * 5 + (CONTINUOUS,) * 2
-OPTIONS = {"split_scheme": "ood", "ood_k": 0, "heldout_fraction": 0.1}
-# The paper's MPI3D augmentation: random resized crop (scale 0.5-1) with p = 0.9, colour jitter
+OPTIONS = {"split_scheme": "ood", "ood_k": 0, "heldout_fraction": 0.1,
+           "heldout_split": "fraction", "n_train": 0}
+# The released MPI3D augmentation (SoftDiscrete_SSL src/common/loaders/mpi3d.py:57-64): random
+# resized crop (scale 0.5-1, torchvision's tensor NEAREST) with p = 0.9, colour jitter
 # (0.4, 0.4, 0.4, 0) with p = 0.8, grayscale with p = 0.2.
 AUGMENT = augment_preset(crop_scale=[0.5, 1.0], crop_prob=0.9, jitter=[0.4, 0.4, 0.4, 0.0],
-                         jitter_prob=0.8, grayscale=0.2)
+                         jitter_prob=0.8, grayscale=0.2, interpolation="nearest-legacy")
 # The grid sizes the loaders expect (tests substitute a smaller grid here).
 GRID_SIZES: tuple[int, ...] = MPI3D_SIZES
 
@@ -180,7 +182,7 @@ def split_indices(split: str, options: dict) -> torch.Tensor:
     opts = {**OPTIONS, **(options or {})}
     return factor_split_indices(
         "mpi3d", tuple(GRID_SIZES), opts["split_scheme"], opts["ood_k"],
-        opts["heldout_fraction"],
+        opts["heldout_fraction"], opts["heldout_split"], opts["n_train"],
     )[split]
 
 

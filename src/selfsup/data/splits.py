@@ -85,6 +85,9 @@ def stratified_holdout_split(
 
 FACTOR_SPLITS = ("train", "heldout", "val", "test")
 SPLIT_SCHEMES = ("ood", "iid")
+HELDOUT_SPLITS = ("fraction", "released")
+RELEASED_SEEDS = (100, 102)  # SoftDiscrete_SSL src/common/loaders/{dsprites,mpi3d}.py
+RELEASED_HELDOUT_MAX = 50000
 DSPRITES_SIZES = (1, 3, 6, 40, 32, 32)  # color, shape, scale, orientation, posX, posY
 MPI3D_SIZES = (6, 6, 2, 3, 3, 40, 40)  # color, shape, size, height, background, h-axis, v-axis
 OOD_K_RANGE = {"dsprites": (1, 2), "mpi3d": (1, 4)}
@@ -125,8 +128,23 @@ def resolve_ood_k(name: str, k: int) -> int:
     return OOD_K_DEFAULT[family] if k == 0 else int(k)
 
 
-def check_split_options(name: str, scheme: str, k: int, heldout_fraction: float) -> None:
-    """Raise ConfigError for an unknown scheme, an out-of-range K or held-out fraction."""
+def check_split_options(name: str, scheme: str, k: int, heldout_fraction: float,
+                        heldout_split: str = "fraction", n_train: int = 0) -> None:
+    """Raise ConfigError for an unknown scheme, an out-of-range K or held-out fraction, an
+    unknown held-out rule or a bad ``n_train``."""
+    if heldout_split not in HELDOUT_SPLITS:
+        raise ConfigError(
+            f"data.heldout_split = {heldout_split!r} is unknown. Use 'fraction' (a seeded "
+            "data.heldout_fraction of train) or 'released' (the soft-discretization code's "
+            "random_split with seeds 100 and 102, keeping data.n_train images for training)."
+        )
+    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 0:
+        raise ConfigError(f"data.n_train must be an integer >= 0, got {n_train!r}.")
+    if heldout_split == "released" and n_train < 1:
+        raise ConfigError(
+            "data.heldout_split released needs data.n_train > 0, the number of train images "
+            "kept for training (the launch scripts: 45000 for dSprites, 130000 for MPI3D)."
+        )
     if scheme not in SPLIT_SCHEMES:
         raise ConfigError(
             f"data.split_scheme = {scheme!r} is unknown. Use 'ood' (train on some factor "
@@ -171,21 +189,46 @@ def _mpi3d_parts(sizes: tuple[int, ...], k: int) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero(m) for name, m in (("train", train), ("val", val), ("test", test))}
 
 
+def released_heldout_split(n: int, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, holdout) positions in ``range(n)`` by the released rule
+    (SoftDiscrete_SSL ``src/common/loaders/dsprites.py:71-86``, the same for MPI3D):
+    ``random_split(train, [n_train, n - n_train], seed 100)`` gives the training part and a rest;
+    ``random_split(rest, [m, len(rest) - m], seed 102)`` with ``m = min(len(rest) // 2, 50000)``
+    gives the in-distribution held-out set. ``random_split`` is ``randperm(n, generator)`` cut in
+    order, reproduced here exactly. Sorted int64 tensors."""
+    if not 0 < n_train < n:
+        raise ConfigError(
+            f"data.n_train = {n_train} must be between 1 and {n - 1}: the train split of this "
+            f"dataset has {n} images and the released rule keeps n_train of them for training."
+        )
+    perm = torch.randperm(n, generator=_generator(RELEASED_SEEDS[0]))
+    keep, rest = perm[:n_train], perm[n_train:]
+    m = min(rest.numel() // 2, RELEASED_HELDOUT_MAX)
+    held = rest[torch.randperm(rest.numel(), generator=_generator(RELEASED_SEEDS[1]))[:m]]
+    return torch.sort(keep).values.long(), torch.sort(held).values.long()
+
+
 def factor_split_indices(
     family: str,
     sizes: tuple[int, ...] | list[int],
     scheme: str = "ood",
     k: int = 0,
     heldout_fraction: float = 0.1,
+    heldout_split: str = "fraction",
+    n_train: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Grid indices of ``train``, ``heldout`` (in-distribution, carved from train with the fixed
-    seed :data:`HELDOUT_SEED`), ``val`` and ``test`` (out-of-distribution for ``scheme="ood"``).
+    """Grid indices of ``train``, ``heldout`` (in-distribution, carved from train), ``val`` and
+    ``test`` (out-of-distribution for ``scheme="ood"``).
 
+    ``heldout_split="fraction"``: ``heldout_fraction`` of train with the fixed seed
+    :data:`HELDOUT_SEED`; ``"released"``: :func:`released_heldout_split` with ``n_train`` (train
+    then keeps n_train images; the rest not held out is unused, as released). The train part is
+    in grid order, as in the released split files, so the released positions are the same images.
     ``scheme="iid"`` shuffles the union of the OOD parts (seed :data:`SPLIT_SEED`) into train / val
     / test of the same sizes, the in-distribution baseline. Each value is a sorted int64 tensor.
     """
     sizes = tuple(int(s) for s in sizes)
-    check_split_options(family, scheme, int(k), heldout_fraction)
+    check_split_options(family, scheme, int(k), heldout_fraction, heldout_split, n_train)
     k = resolve_ood_k(family, int(k))
     parts = (_dsprites_parts if family == "dsprites" else _mpi3d_parts)(sizes, k)
     if scheme == "iid":
@@ -199,7 +242,10 @@ def factor_split_indices(
             "test": np.sort(shuffled[n_train + n_val :]),
         }
     train = torch.from_numpy(parts["train"]).long()
-    keep, hold = holdout_split(train.numel(), heldout_fraction, HELDOUT_SEED)
+    if heldout_split == "released":
+        keep, hold = released_heldout_split(train.numel(), int(n_train))
+    else:
+        keep, hold = holdout_split(train.numel(), heldout_fraction, HELDOUT_SEED)
     return {
         "train": train[keep],
         "heldout": train[hold],

@@ -2,24 +2,30 @@
 distribution (dSprites, MPI3D).
 
 For a representation X (N, D) (the L2-normalised backbone features ``h / ||h||``, and the discrete
-code, the argmax one-hot per group, when the method has one) every factor gets a ridge model with
-an intercept, exactly scikit-learn's ``Ridge`` / ``RidgeClassifier``:
+code, the argmax one-hot per group, when the method has one) every factor gets a ridge model,
+exactly scikit-learn's ``Ridge`` / ``RidgeClassifier``:
 
-    W(alpha), b = argmin ||Y - X W - 1 b^T||_F^2 + alpha ||W||_F^2,
+    W(alpha), b = argmin ||Y - X W - 1 b^T||_F^2 + alpha ||W||_F^2     (b = 0 without intercept)
 
-solved in closed form from the centred train Gram matrix ``Xc^T Xc = V diag(s) V^T`` (the kernel
-matrix ``Xc Xc^T`` when N < D; computed once per representation, shared by all factors and alphas):
-``W = V diag(1 / (s + alpha)) V^T Xc^T Yc`` and ``b = mean(Y) - W^T mean(X)``.
+solved in closed form from the (centred, with an intercept) train Gram matrix
+``Xc^T Xc = V diag(s) V^T`` (the kernel matrix ``Xc Xc^T`` when N < D; computed once per
+representation, shared by all factors and alphas): ``W = V diag(1 / (s + alpha)) V^T Xc^T Yc``
+and ``b = mean(Y) - W^T mean(X)``.
 
 - categorical factors: ``Y`` codes the classes seen in train as +1 / -1 columns (one-vs-all); the
   prediction is the arg-max column; metric accuracy;
 - continuous factors: ``Y`` is the factor value; metric ``R^2 = 1 - SS_res / SS_tot``.
 
-Models are fit on ``train``; alpha is chosen per (representation, factor) by the score on ``val``
-only (the out-of-distribution validation split; ties go to the larger alpha), and the chosen model
-is scored on ``train``, ``heldout`` (in-distribution), ``val`` and ``test`` (out-of-distribution).
-"""
+Models are fit on ``train`` and scored on ``train``, ``heldout`` (in-distribution), ``val`` and
+``test`` (out-of-distribution). Two protocols:
 
+- ``released`` (the default; lavoiems/SoftDiscrete_SSL ``src/common/eval_tools.py:125-127``,
+  ``src/models/byol/evaluate/linear_probe.py:100-118``): alpha = 1, no intercept, regression
+  targets class / (size - 1) as the released loaders (e.g. dSprites scale class / 5);
+- ``tuned`` (ours): with an intercept, the factor values as targets, alpha chosen per
+  (representation, factor) from :data:`ALPHAS` by the score on ``heldout`` (in distribution, never
+  an OOD split that is then reported; ties go to the larger alpha).
+"""
 from __future__ import annotations
 
 import time
@@ -33,6 +39,7 @@ from selfsup.errors import ConfigError, DataError
 
 __all__ = [
     "ALPHAS",
+    "PROTOCOLS",
     "RidgeSolver",
     "evaluate_factors",
     "factor_probes",
@@ -41,28 +48,34 @@ __all__ = [
 ]
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
+PROTOCOLS = ("released", "tuned")
 EVAL_SPLITS = ("train", "heldout", "val", "test")
 RESULT_NAME = "factors"  # saved as RUN_DIR/eval/factors.json
 CHUNK = 8192
 
 
 class RidgeSolver:
-    """Closed-form ridge regression with intercept for one design matrix and many targets/alphas.
+    """Closed-form ridge regression for one design matrix and many targets/alphas.
 
-    ``X`` (N, D) is centred by its column means. With N >= D the eigendecomposition of the Gram
-    matrix ``Xc^T Xc = V diag(s) V^T`` gives ``W = V diag(1 / (s + alpha)) V^T Xc^T Yc``; with
-    N < D the kernel matrix ``Xc Xc^T = U diag(s) U^T`` gives the same ``W = Xc^T U diag(1 / (s +
-    alpha)) U^T Yc``. Either is computed once (float64, accumulated over row chunks).
+    ``X`` (N, D) is centred by its column means (``fit_intercept``; else used as is, and the
+    targets too). With N >= D the eigendecomposition of the Gram matrix
+    ``Xc^T Xc = V diag(s) V^T`` gives ``W = V diag(1 / (s + alpha)) V^T Xc^T Yc``; with N < D the
+    kernel matrix ``Xc Xc^T = U diag(s) U^T`` gives the same ``W = Xc^T U diag(1 / (s + alpha))
+    U^T Yc``. Either is computed once (float64, accumulated over row chunks).
     """
 
-    def __init__(self, x: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, fit_intercept: bool = True) -> None:
         if x.ndim != 2 or x.shape[0] < 2:
             raise DataError(
                 f"A ridge probe needs a 2-D feature matrix with at least 2 rows, got "
                 f"{tuple(x.shape)}. Use a larger train split."
             )
         self.x = x
-        self.mean = x.double().mean(dim=0)
+        self.fit_intercept = fit_intercept
+        if fit_intercept:
+            self.mean = x.double().mean(dim=0)
+        else:
+            self.mean = torch.zeros(x.shape[1], dtype=torch.float64)
         n, d = x.shape
         self.dual = n < d
         if self.dual:
@@ -91,8 +104,9 @@ class RidgeSolver:
     def project(self, y: torch.Tensor, z_train: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P, mean(Y))`` with ``P = V^T Xc^T Yc`` (primal) or ``U^T Yc`` (dual) for targets
-        ``y`` (N, K) float64; ``z_train`` is :meth:`transform` of the train rows (primal only)."""
-        y_mean = y.mean(dim=0)
+        ``y`` (N, K) float64; ``z_train`` is :meth:`transform` of the train rows (primal only).
+        Without an intercept the targets are not centred (the returned mean is 0)."""
+        y_mean = y.mean(dim=0) if self.fit_intercept else torch.zeros_like(y[0])
         if self.dual:
             return self.evecs.T @ (y - y_mean), y_mean
         if z_train is None:
@@ -150,25 +164,31 @@ def factor_probes(
     names: Sequence[str],
     kinds: Sequence[str],
     alphas: Sequence[float] = ALPHAS,
-    select_on: str = "val",
+    select_on: str | None = "heldout",
+    fit_intercept: bool = True,
 ) -> list[dict[str, Any]]:
     """Ridge probes of every factor from every representation.
 
     ``reps[rep][split]`` features (N_split, D); ``factors[split]`` class indices (N_split, F);
-    ``values[split]`` factor values (N_split, F) (regression targets). Splits must include
-    ``train`` and ``select_on``. Returns one dict per (representation, factor) with the chosen
-    ``alpha``, the score on every split and ``selection_scores`` (score on ``select_on`` per
-    alpha).
+    ``values[split]`` regression targets (N_split, F). Splits must include ``train`` and
+    ``select_on`` (None: no selection, ``alphas`` must hold one value). Returns one dict per
+    (representation, factor) with the ``alpha`` used, the score on every split and, when
+    selecting, ``selection_scores`` (score on ``select_on`` per alpha).
     """
     alphas = sorted(float(a) for a in alphas)
     if not alphas or any(a <= 0 for a in alphas):
         raise ConfigError(f"Ridge alphas must be a non-empty list of positive numbers: {alphas}.")
-    if "train" not in factors or select_on not in factors:
-        raise DataError(f"Factor probes need the train and {select_on} splits.")
+    if select_on is None and len(alphas) != 1:
+        raise ConfigError(f"Without a selection split the probe needs one alpha, got {alphas}.")
+    if "train" not in factors or (select_on is not None and select_on not in factors):
+        needed = "train" + (f" and {select_on}" if select_on else "")
+        raise DataError(
+            f"Factor probes need the {needed} split(s); found: {', '.join(factors) or 'none'}."
+        )
     splits = list(factors)
     rows: list[dict[str, Any]] = []
     for rep, feats in reps.items():
-        solver = RidgeSolver(feats["train"])
+        solver = RidgeSolver(feats["train"], fit_intercept)
         z = {s: solver.transform(feats[s]) for s in splits}
         for f, (name, kind) in enumerate(zip(names, kinds, strict=True)):
             if kind == "categorical":
@@ -190,19 +210,20 @@ def factor_probes(
                 continue
             score = _scorer(kind, classes)
             projected, y_mean = solver.project(y, z["train"])
-            selection: dict[str, float] = {}
-            best: tuple[float, float] | None = None
-            for alpha in alphas:
-                value = score(target[select_on],
-                              solver.predict(z[select_on], projected, y_mean, alpha))
-                selection[repr(alpha)] = value
-                if best is None or value >= best[1]:  # ascending grid: ties -> larger alpha
-                    best = (alpha, value)
-            assert best is not None
-            row["alpha"] = best[0]
+            best = alphas[0]
+            if select_on is not None:
+                selection: dict[str, float] = {}
+                best_value: float | None = None
+                for alpha in alphas:
+                    value = score(target[select_on],
+                                  solver.predict(z[select_on], projected, y_mean, alpha))
+                    selection[repr(alpha)] = value
+                    if best_value is None or value >= best_value:  # ascending: ties -> larger
+                        best, best_value = alpha, value
+                row["selection_scores"] = selection
+            row["alpha"] = best
             for s in splits:
-                row[s] = score(target[s], solver.predict(z[s], projected, y_mean, best[0]))
-            row["selection_scores"] = selection
+                row[s] = score(target[s], solver.predict(z[s], projected, y_mean, best))
             rows.append(row)
     return rows
 
@@ -268,15 +289,23 @@ def evaluate_factors(
     alphas: Sequence[float] = ALPHAS,
     seed: int = 0,
     batch_size: int = 512,
+    protocol: str = "released",
 ) -> dict[str, Any]:
     """Factor probes of a trained method on its dataset's train / heldout / val / test splits.
 
+    ``protocol``: ``released`` (alpha 1, no intercept, targets class / (size - 1)) or ``tuned``
+    (intercept, factor values, alpha from ``alphas`` chosen on heldout); see the module doc.
     ``max_samples`` > 0 keeps at most that many samples of each split (a seeded random subset) to
     bound the cost. Returns a JSON-serialisable dict (see :func:`factor_probes` for ``results``).
     """
     from selfsup.data.splits import resolve_ood_k
     from selfsup.pipelines import dataset_spec
 
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"Unknown factor-probe protocol {protocol!r}; use 'released' (ridge alpha 1 without "
+            "intercept, the soft-discretization code's) or 'tuned' (alpha chosen on heldout)."
+        )
     if max_samples < 0:
         raise ConfigError(f"max_samples must be >= 0 (0: every sample), got {max_samples}.")
     config = method.config
@@ -302,10 +331,24 @@ def evaluate_factors(
         sizes[split] = len(dataset)
         for rep, x in _representations(method, dataset, batch_size, device).items():
             reps.setdefault(rep, {})[split] = x
-    values = {s: info.factor_values(f) for s, f in factors.items()}
-    rows = factor_probes(reps, factors, values, info.names, info.kinds, alphas)
+    if protocol == "released":
+        scale = torch.tensor([max(s - 1, 1) for s in info.sizes], dtype=torch.float64)
+        values = {s: f.double() / scale for s, f in factors.items()}
+        rows = factor_probes(reps, factors, values, info.names, info.kinds, [1.0], None, False)
+        alphas, selection = [1.0], "none"
+    else:
+        if "heldout" not in factors:
+            raise ConfigError(
+                "The tuned factor-probe protocol chooses alpha on the in-distribution heldout "
+                "split, which is empty for this run (data.heldout_fraction 0). Use --protocol "
+                "released (alpha 1), or train with a held-out set."
+            )
+        values = {s: info.factor_values(f) for s, f in factors.items()}
+        rows = factor_probes(reps, factors, values, info.names, info.kinds, alphas, "heldout")
+        selection = "heldout"
     return {
         "probe": "factors",
+        "protocol": protocol,
         "method": config.method,
         "dataset": spec.name,
         "split_scheme": config.data.split_scheme,
@@ -313,7 +356,8 @@ def evaluate_factors(
         "splits": sizes,
         "representations": list(reps),
         "alphas": [float(a) for a in alphas],
-        "selection": "val",
+        "fit_intercept": protocol == "tuned",
+        "selection": selection,
         "results": rows,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -324,6 +368,12 @@ def save_result(result: dict[str, Any], run_dir: str | Path) -> Path:
     from selfsup.rundir import RunFolder
 
     return RunFolder(run_dir).save_evaluation(RESULT_NAME, result)
+
+
+def _protocol_text(result: dict[str, Any]) -> str:
+    if result.get("protocol", "released") == "released":
+        return "ridge alpha 1 without intercept (released protocol)"
+    return f"ridge with intercept, alpha chosen on {result.get('selection', 'heldout')}"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -351,7 +401,7 @@ def format_table(result: dict[str, Any]) -> str:
     out = [
         f"Factor probes of {result.get('method')} on {result.get('dataset')} "
         f"(split {result.get('split_scheme')}, K={result.get('ood_k')}; {sizes}); "
-        "ridge alpha chosen on val:",
+        + _protocol_text(result) + ":",
         fmt.format(*head).rstrip(),
     ]
     out += [(fmt.format(*r) + note).rstrip() for r, note in zip(lines, notes, strict=True)]

@@ -1,47 +1,47 @@
 """BYOL (Grill et al., 2020) on the shared joint-embedding pipeline.
 
-Online network: backbone f, projector g, predictor q; target network: EMA copies f', g'.
-For views x_a, x_b with p_v = q(g(f(x_v))) and z'_v = g'(f'(x_v)) (no gradient):
+Online network: backbone f, projector g, predictor q; target network: EMA copies f', g' (the
+shared :class:`~selfsup.nets.ema.MomentumTarget`). For views x_a, x_b with p_v = q(g(f(x_v)))
+and z'_v = g'(f'(x_v)) (no gradient):
 
     loss = (2 - 2 cos(p_a, z'_b)) + (2 - 2 cos(p_b, z'_a))      (batch means, summed)
 
-After every optimizer step k the target moves towards the online weights,
-xi <- m_k xi + (1 - m_k) theta, with m_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2 rising from
-``base_momentum`` to ``final_momentum`` over the K = steps_per_epoch * epochs steps of the run.
-The target is a registered (frozen) submodule, so it is saved and restored with the checkpoint.
+(``byol_loss: released``: ``-(cos(p_a, z'_b) + cos(p_b, z'_a)) / 2``, the soft-discretization
+code's convention; the same minimiser with 4x smaller gradients). After every optimizer step k
+the target moves towards the online weights with m_k rising from ``base_momentum`` to
+``final_momentum`` on a cosine over the run (constant when equal).
 
 With a bottleneck (``encode_method`` softmax / gumbel / vq) the online network is f, embedder E,
-bridge B, projector g, predictor q, and the target holds EMA copies of f, E and g with its own
-bridge B' (``target_tau`` sets a separate teacher temperature; None: the student's ``tau``).
+bridge B, projector g, predictor q, and the target holds EMA copies of f, E, B and g
+(``target_tau`` sets a separate teacher temperature; None: the student's ``tau``).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from selfsup.errors import ConfigError
-from selfsup.losses.byol import cosine_momentum, ema_update, symmetric_byol_loss
+from selfsup.losses.byol import CONVENTIONS, symmetric_byol_loss
 from selfsup.methods import register
-from selfsup.methods.joint_embedding import JointEmbedding, JointEmbeddingConfig
-from selfsup.nets.heads import mlp_head
+from selfsup.methods.joint_embedding import JointEmbedding, JointEmbeddingConfig, Views
 
 
 @dataclass
 class BYOLConfig(JointEmbeddingConfig):
-    """``pred_hidden``: predictor hidden size; target momentum from ``base_momentum`` to
-    ``final_momentum`` on a cosine schedule; ``target_tau``: the target (teacher) bridge's
-    temperature (None: ``tau``)."""
+    """``predictor`` mlp (hidden size ``pred_hidden``) | linear | none; target momentum from
+    ``base_momentum`` to ``final_momentum`` on a cosine schedule; ``target_tau``: the target
+    (teacher) bridge's temperature (None: ``tau``); ``byol_loss``: grill | released."""
 
     proj_dims: list[int] = field(default_factory=lambda: [4096, 256])
+    predictor: str = "mlp"
     pred_hidden: int = 4096
     base_momentum: float = 0.99
     final_momentum: float = 1.0
     target_tau: float | None = None
+    byol_loss: str = "grill"
 
     def validate(self) -> None:
         super().validate()
@@ -49,6 +49,11 @@ class BYOLConfig(JointEmbeddingConfig):
             raise ConfigError(f"model.target_tau must be > 0 (or null), got {self.target_tau}.")
         if self.pred_hidden < 1:
             raise ConfigError(f"model.pred_hidden must be >= 1, got {self.pred_hidden}.")
+        if self.byol_loss not in CONVENTIONS:
+            raise ConfigError(
+                f"model.byol_loss {self.byol_loss!r} is unknown; use 'grill' (the paper: "
+                "2 - 2 cos per direction, summed) or 'released' (-(cos_ab + cos_ba) / 2)."
+            )
         if not 0.0 <= self.base_momentum <= self.final_momentum <= 1.0:
             raise ConfigError(
                 f"BYOL needs 0 <= model.base_momentum <= model.final_momentum <= 1, got "
@@ -65,59 +70,18 @@ class BYOL(JointEmbedding):
 
     def __init__(self, config: Any, info: Any) -> None:
         super().__init__(config, info)
-        out = int(config.model.proj_dims[-1])
-        self.predictor = mlp_head(out, [config.model.pred_hidden], out)
-        self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
-        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.target_embedder = copy.deepcopy(self.embedder).requires_grad_(False)
-        self.target_bridge = copy.deepcopy(self.bridge)
-        if config.model.target_tau is not None and hasattr(self.target_bridge, "tau"):
-            self.target_bridge.tau = float(config.model.target_tau)  # teacher temperature
-        if hasattr(self.target_bridge, "ema_updates"):
-            self.target_bridge.ema_updates = False  # its codebook is copied from the online one
+        cfg = config.model
+        self.predictor = self.build_predictor(cfg.predictor, int(cfg.proj_dims[-1]),
+                                              cfg.pred_hidden)
+        if cfg.target_tau is not None and hasattr(self.target["bridge"], "tau"):
+            self.target["bridge"].tau = float(cfg.target_tau)  # teacher temperature
 
-    def total_steps(self) -> int:
-        """K: the run's optimizer steps (``max_steps`` when it stops earlier)."""
-        total = self.steps_per_epoch * self.config.trainer.epochs
-        max_steps = self.config.trainer.max_steps
-        return min(total, max_steps) if max_steps > 0 else total
-
-    def momentum(self, step: int) -> float:
-        """m_k of the cosine schedule at optimizer step k."""
+    def momentum_bounds(self) -> tuple[float, float]:
         cfg = self.config.model
-        return cosine_momentum(step, self.total_steps(), cfg.base_momentum, cfg.final_momentum)
+        return cfg.base_momentum, cfg.final_momentum
 
-    @torch.no_grad()
-    def target_projection(self, x: Tensor) -> Tensor:
-        """z' = g'(B'(E'(f'(x)))), without gradient."""
-        message, _ = self.target_bridge(self.target_embedder(self.target_backbone(x)))
-        return self.target_projector(message).float()
-
-    def training_loss(self, images: Tensor) -> dict[str, Tensor]:
-        x_a, x_b = self.two_views(images)
-        h_a = self.backbone(x_a)
-        z_a, aux_a = self.project(h_a)
-        z_b, aux_b = self.project(self.backbone(x_b))
-        p_a = self.predictor(z_a).float()
-        p_b = self.predictor(z_b).float()
-        terms = symmetric_byol_loss(p_a, p_b, self.target_projection(x_a),
-                                    self.target_projection(x_b))
-        terms = self.add_aux(terms, aux_a, aux_b)
-        momentum = h_a.new_full((), self.momentum(self.global_step), dtype=torch.float32)
-        return {**terms, "momentum": momentum, "features": h_a.detach()}
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
-                       optimizer_closure: Any = None) -> None:
-        """Optimizer step, then the EMA update of the target with m_k (k = the step just taken).
-
-        Done here rather than in ``on_train_batch_end`` because Lightning runs callbacks' batch-end
-        hooks (e.g. the interrupt checkpoint) before the module's, which would save a target one
-        update behind the online network.
-        """
-        step = self.global_step
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        momentum = self.momentum(step)
-        ema_update(self.target_backbone, self.backbone, momentum)
-        ema_update(self.target_projector, self.projector, momentum)
-        ema_update(self.target_embedder, self.embedder, momentum)
-        ema_update(self.target_bridge, self.bridge, momentum)  # buffers only (VQ codebook)
+    def views_loss(self, views: Views) -> dict[str, Tensor]:
+        p_a, p_b = (self.predictor(z).float() for z in views.z)
+        assert views.target is not None
+        z_a, z_b = views.target
+        return symmetric_byol_loss(p_a, p_b, z_a, z_b, self.config.model.byol_loss)

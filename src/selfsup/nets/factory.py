@@ -36,10 +36,12 @@ def build_encoder(
     out_dim: int | None,
     hidden: list[int] | None = None,
     width: int = 32,
+    feature_dim: int = 128,
     resnet_options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, int]:
     """(encoder, output dim): maps (N, C, H, W) to (N, out_dim) (or features when out_dim None).
 
+    ``feature_dim``: the feature size of ``conv64`` (its last convolution's channels).
     ``resnet_options`` (stem_padding, stem_bias, stem_init, fc_dim) go to
     :func:`selfsup.nets.resnet.resnet_backbone` for ResNet encoders.
     """
@@ -57,7 +59,7 @@ def build_encoder(
     if kind == "conv64":
         from selfsup.nets.conv64 import Conv64Encoder
 
-        enc64 = Conv64Encoder(image_shape, width=width)
+        enc64 = Conv64Encoder(image_shape, width=width, out_dim=feature_dim)
         if out_dim is None:
             return enc64, enc64.out_dim
         return nn.Sequential(enc64, nn.Linear(enc64.out_dim, out_dim)), out_dim
