@@ -30,6 +30,7 @@ import torch
 
 from benchmarks.common import machine, print_table, write_result
 from selfsup import pipelines
+from selfsup.rundir import load_checkpoint
 
 ORIGINAL = {  # the original repository's figures: MNIST ladder, 200k iterations, nz 30/100
     "elbo": {"fid_random": 3.22, "fid_limiting": 36.64},
@@ -75,8 +76,7 @@ def fid_stage(args: argparse.Namespace) -> None:
         run_dir = Path(args.runs) / f"ladder-{objective}"
         trained = json.loads((run_dir / "benchmark_train.json").read_text())
         method = pipelines.load_run(run_dir)
-        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
-                          weights_only=False)
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # no arbitrary unpickling
         per_iteration = 2 if objective == "symmetric" else 1  # optimizer steps per iteration
         sessions = run_dir / "training.json"  # all sessions of a run that was resumed
         seconds = (json.loads(sessions.read_text())["seconds"] if sessions.is_file()
