@@ -76,14 +76,8 @@ class BYOL(JointEmbedding):
         if hasattr(self.target_bridge, "ema_updates"):
             self.target_bridge.ema_updates = False  # its codebook is copied from the online one
 
-    def total_steps(self) -> int:
-        """K: the run's optimizer steps (``max_steps`` when it stops earlier)."""
-        total = self.steps_per_epoch * self.config.trainer.epochs
-        max_steps = self.config.trainer.max_steps
-        return min(total, max_steps) if max_steps > 0 else total
-
     def momentum(self, step: int) -> float:
-        """m_k of the cosine schedule at optimizer step k."""
+        """m_k of the cosine schedule at optimizer step k, over the run's ``total_steps()``."""
         cfg = self.config.model
         return cosine_momentum(step, self.total_steps(), cfg.base_momentum, cfg.final_momentum)
 
