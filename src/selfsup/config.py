@@ -238,26 +238,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ``["optim.lr=0.1", "model.beta=4"]`` into a nested dict (values parsed as YAML)."""
-    nested: dict[str, Any] = {}
+    """Turn ``["optim.lr=0.1", "model.hidden=[32, 16]"]`` into a nested dict.
+
+    OmegaConf's ``from_dotlist`` does the parsing (values as YAML: ``1e-3``, ``[32, 16]``,
+    ``true``); ``key=`` is the empty string. A malformed item is a ConfigError naming it.
+    """
+    dotlist = []
     for item in items:
-        if "=" not in item:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "" in key.split("."):
             raise ConfigError(
-                f"Override {item!r} must look like key=value, e.g. --set optim.lr=0.001."
+                f"Override {item!r} must look like section.key=value, e.g. --set optim.lr=0.001."
             )
-        key, raw = item.split("=", 1)
+        entry = f"{key}={raw}" if raw.strip() else f"{key}=''"
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"Override {item!r} conflicts with another override of {part}.")
-        node[parts[-1]] = value
-    return nested
+            OmegaConf.from_dotlist([entry])
+        except (OmegaConfBaseException, yaml.YAMLError) as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(
+                f"Override {item!r}: the value {raw!r} cannot be parsed ({first}). Quote strings "
+                "and close brackets, e.g. --set model.hidden=[32,16]."
+            ) from None
+        dotlist.append(entry)
+    container = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist), resolve=False)
+    return container  # type: ignore[return-value]
 
 
 def field_names(model_class: type) -> dict[str, list[str]]:
