@@ -162,7 +162,9 @@ def compare(
             sets=sets,
             use_preset=bool(spec.get("use_presets", True)),
         )
-    out.mkdir(parents=True, exist_ok=True)
+    from selfsup.engine import check_output_dir
+
+    check_output_dir(out, needed_bytes=10 * 2**20)  # writable? checked before any training
     runs: list[Path] = []
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}

@@ -25,11 +25,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from selfsup.catalog import PRESET_DIR
 from selfsup.data.augment import AugmentConfig
 from selfsup.errors import ConfigError
 from selfsup.optim import OptimConfig
 
-PRESET_DIR = Path(__file__).parent / "configs"
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 
 
@@ -225,7 +225,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a syntax error is a ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist. Check the path given to --config.")
+        installed = PRESET_DIR / Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else None
+        hint = (
+            f" The installed preset of that name is `--preset {path.parent.name}/{path.stem}`."
+            if installed is not None and installed.is_file()
+            else f" Installed presets are named with --preset METHOD/NAME (files in {PRESET_DIR})."
+        )
+        raise ConfigError(f"Config file {path} does not exist. Check the path given to --config."
+                          + hint)
     try:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -9,6 +9,7 @@ stopped (on CPU, with the same seed).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -31,11 +32,16 @@ from torch.utils.data import DataLoader
 
 from selfsup.config import RunConfig
 from selfsup.data.base import AnyDataset, DataInfo, ImageDataset
-from selfsup.errors import RunError, SelfsupError
+from selfsup.errors import ConfigError, RunError, SelfsupError
 from selfsup.methods.base import Method
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+
+# Lightning sets its loggers to INFO when imported: device lines, "Tip" adverts and "fit stopped"
+# notes would fill every run's output. selfsup prints its own summary; warnings still show.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 # --------------------------------------------------------------------------------- data loaders
@@ -338,6 +344,12 @@ def build_trainer(
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="gloo")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator is {tcfg.accelerator!r} but PyTorch sees no CUDA GPU on this "
+            "machine (torch.cuda.is_available() is False). Train on the CPU with --accelerator "
+            "cpu (or auto), or install a CUDA build of PyTorch on a machine with a GPU."
+        )
     precision: Any = tcfg.precision
     plugins: list[Any] = [AtomicCheckpointIO()]
     on_cuda = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
@@ -392,6 +404,13 @@ def fit(
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     check_output_dir(run_dir, needed_bytes=4 * checkpoint_bytes(method) + 10 * 2**20)
+    n_train = len(train_set)  # type: ignore[arg-type]
+    if config.data.batch_size > n_train:
+        raise ConfigError(
+            f"data.batch_size {config.data.batch_size} is larger than the training split "
+            f"({n_train} samples of {config.data.name}), so not one full batch can be formed. "
+            f"Use --batch-size {n_train} or less."
+        )
     loader = make_loader(
         train_set, config.data.batch_size, config.seed, True, config.data.num_workers, tcfg.devices
     )
@@ -456,6 +475,7 @@ def fit(
         warnings.filterwarnings("ignore", message=".*sync_dist.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")  # we append
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not")
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
         trainer.fit(
             method,
