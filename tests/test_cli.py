@@ -15,8 +15,6 @@ import fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 
-DEMO_MARGIN = 0.05  # measured: see the README (Tests that prove learning)
-
 TINY = [
     "--epochs",
     "1",
@@ -63,10 +61,18 @@ def unwritable(tmp_path: Path) -> Path:
     return folder
 
 
+# The demo config (VAE, latent 16) after 3 epochs against its untrained twin, measured on the
+# project's 2-core VM for seeds 0-3: negative ELBO (at the posterior mean) on the test digits
+# 44.3-44.5 -> 31.1-31.4 nats; linear-probe accuracy 0.79-0.87 -> 0.89-0.93, a gain of 0.03-0.14
+# (0.14 for seed 0, the demo's). The ELBO is what a VAE optimizes, so it carries the margin.
+DEMO_ELBO_MARGIN = 10.0  # nats
+DEMO_ACCURACY_MARGIN = 0.02
+
+
 def test_demo_learns_more_than_its_untrained_twin(tmp_path):
-    """`selfsup demo`, the README's first command, with fewer epochs: its linear-probe accuracy
-    beats the same probe on the untrained VAE (same config and seed) by a margin training must
-    earn (the untrained VAE's random latent means already score 0.79-0.87)."""
+    """`selfsup demo`, the README's first command, with fewer epochs: the trained VAE beats its
+    untrained twin (same config and seed) on the test split's ELBO and on the demo's own linear
+    probe (random latent means of the untrained VAE already score 0.79-0.87 there)."""
     import torch
 
     from selfsup import engine, pipelines
@@ -83,9 +89,18 @@ def test_demo_learns_more_than_its_untrained_twin(tmp_path):
     config = demo_config(3, progress_bar=False)
     train_set = pipelines.load_split(config, "train")
     torch.manual_seed(config.seed)  # as pipelines.train does before building the method
-    twin = method_class(config.method)(config, engine.data_info(train_set))
-    untrained = pipelines.evaluate(twin.eval(), "linear")["accuracy"]
-    assert summary["linear_probe_accuracy"] >= untrained + DEMO_MARGIN, (summary, untrained)
+    twin = method_class(config.method)(config, engine.data_info(train_set)).eval()
+    trained = pipelines.load_run(out)
+    test_images = pipelines.load_split(config, "test").images
+
+    def neg_elbo(method) -> float:
+        with torch.no_grad():
+            return float(method.validation_loss(method.preprocess(test_images))[
+                "neg_elbo_at_mean"])
+
+    assert neg_elbo(trained) <= neg_elbo(twin) - DEMO_ELBO_MARGIN
+    untrained = pipelines.evaluate(twin, "linear")["accuracy"]
+    assert summary["linear_probe_accuracy"] >= untrained + DEMO_ACCURACY_MARGIN, untrained
     assert selfsup("demo", "--epochs", "1", "--out", str(out), "--json").returncode == 0  # rerun
 
 
@@ -252,7 +267,8 @@ def test_generate_refuses_a_bad_count_and_leaves_no_folder(n, tmp_path):
 def test_unusable_settings_stop_before_training(tmp_path):
     """A batch larger than the training split, and a GPU that is not there, are one-paragraph
     errors (they were a 60,000-image step and a Lightning traceback)."""
-    proc = selfsup("train", "vae", "--batch-size", "5000", "--out", str(tmp_path / "a"), *TINY[2:])
+    proc = selfsup("train", "vae", *TINY[:2], "--batch-size", "5000", *TINY[4:],
+                   "--out", str(tmp_path / "a"))
     _assert_clean_error(proc, "larger than the training split", "1438", "--batch-size 1438")
     import torch
 
