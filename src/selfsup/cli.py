@@ -52,6 +52,7 @@ EPILOG = """examples:
 options."""
 
 Option = tuple[tuple[str, ...], dict[str, Any]]
+Builder = Callable[[Any, str, "str | None"], None]  # adds a subcommand's parser
 
 
 def opt(*flags: str, **kwargs: Any) -> Option:
@@ -710,17 +711,8 @@ def _train_epilog(method: str | None) -> Callable[[], str]:
     return epilog
 
 
-def _add_demo(sub: Any, method_for_help: str | None) -> None:
-    p = sub.add_parser("demo", help="train a small VAE on the embedded digits and probe it",
-                       description="Train a small VAE on scikit-learn's 8x8 digits (embedded, no "
-                       "download) for --epochs epochs, fit a linear probe on its latent means, "
-                       "print the test accuracy and write figures into OUT/images/.",
-                       epilog="example:\n  selfsup demo --epochs 10 --out runs/demo")
-    _add(p, DEMO_OPTIONS)
-
-
-def _add_train(sub: Any, method_for_help: str | None) -> None:
-    p = sub.add_parser("train", help="train a method (or --resume a run)",
+def _add_train(sub: Any, name: str, method_for_help: str | None) -> None:
+    p = sub.add_parser(name, help="train a method (or --resume a run)",
                        description="Train a method on a dataset into a run folder, or continue "
                        "a run with --resume. The config is resolved from the method's defaults, "
                        "the preset for the dataset, --preset/--config, these flags and --set; "
@@ -731,8 +723,8 @@ def _add_train(sub: Any, method_for_help: str | None) -> None:
     _add(p, TRAIN_OPTIONS)
 
 
-def _add_eval(sub: Any, method_for_help: str | None) -> None:
-    ev = sub.add_parser("eval", help="evaluate a run's frozen representation on the test split",
+def _add_eval(sub: Any, name: str, method_for_help: str | None) -> None:
+    ev = sub.add_parser(name, help="evaluate a run's frozen representation on the test split",
                         description="Evaluate a run's frozen representation; each probe is a "
                         "subcommand with its own options (`selfsup eval PROBE --help`). Results "
                         "are saved in RUN_DIR/eval/ and read by `selfsup report`.",
@@ -749,51 +741,8 @@ def _add_eval(sub: Any, method_for_help: str | None) -> None:
              EVAL_COMMON + options)
 
 
-def _add_generate(sub: Any, method_for_help: str | None) -> None:
-    p = sub.add_parser("generate", help="write reconstructions and samples of a generative run",
-                       description="Write reconstructions of test images and samples of a "
-                       "generative run as grids into --out; with --mode, N samples as PNG files "
-                       "(OUT/samples/) and OUT/grid.png, e.g. for `selfsup fid`.",
-                       epilog="examples:\n  selfsup generate --run runs/vae --n 64 --out gen\n"
-                       "  selfsup generate --run runs/hvae --mode limiting --steps 1000 --n 1000 "
-                       "--out gen-chain")
-    _add(p, GENERATE_OPTIONS)
-
-
-def _add_fid(sub: Any, method_for_help: str | None) -> None:
-    p = sub.add_parser("fid", help="Frechet Inception Distance between two image folders",
-                       description="Frechet Inception Distance between two folders of images "
-                       "(PNG/JPEG), with pytorch-fid's InceptionV3 features.",
-                       epilog="example:\n  selfsup fid gen/samples ref/ --inception-weights "
-                       "pt_inception-2015-12-05.pth --json")
-    _add(p, FID_OPTIONS)
-
-
-def _add_report(sub: Any, method_for_help: str | None) -> None:
-    p = sub.add_parser("report", help="one page comparing run folders (HTML or Markdown)",
-                       description="Summarize run folders: method, dataset, budget, wall time, "
-                       "every saved evaluation (RUN_DIR/eval/*.json, written by `selfsup eval`) "
-                       "and the figures in RUN_DIR/images/. HTML embeds the figures and needs no "
-                       "network; Markdown links them. The best value of a metric is marked "
-                       "among the runs on the same dataset only.",
-                       epilog="examples:\n  selfsup report runs/vae-mnist runs/vicreg-mnist --out "
-                       "report.html\n  selfsup report runs/* --format md --out results.md")
-    _add(p, REPORT_OPTIONS)
-
-
-def _add_compare(sub: Any, method_for_help: str | None) -> None:
-    p = sub.add_parser("compare", help="train and evaluate every method of a preset, one report",
-                       description="Train several methods with one shared budget (epochs, "
-                       "steps, batch size), evaluate each (linear and kNN probes; GMM clustering "
-                       "for generative methods), and write OUT/report.html and OUT/report.md.",
-                       epilog="examples:\n  selfsup compare --preset digits-all --out "
-                       "runs/compare-digits\n  selfsup compare --preset mnist-all --methods "
-                       "vae,simvae,vicreg --epochs 5 --data-dir ../shared/data")
-    _add(p, COMPARE_OPTIONS)
-
-
-def _add_data(sub: Any, method_for_help: str | None) -> None:
-    data = sub.add_parser("data", help="list datasets, check one, or prepare MPI3D",
+def _add_data(sub: Any, name: str, method_for_help: str | None) -> None:
+    data = sub.add_parser(name, help="list datasets, check one, or prepare MPI3D",
                           description="List the datasets, check that one is present and "
                           "valid, or prepare MPI3D (`selfsup data ACTION --help`).",
                           epilog="examples:\n  selfsup data list\n  selfsup data check mnist "
@@ -805,15 +754,56 @@ def _add_data(sub: Any, method_for_help: str | None) -> None:
         _add(actions.add_parser(action, help=short, description=description), options)
 
 
+def _simple(help: str, description: str, epilog: str,
+            options: list[Option]) -> Builder:
+    """The builder of a subcommand that is one table of options."""
+    def add(sub: Any, name: str, method_for_help: str | None) -> None:
+        _add(sub.add_parser(name, help=help, description=description, epilog=epilog), options)
+
+    return add
+
+
 # name -> (adds the subparser, handles the parsed arguments); the order is the help's order
-COMMANDS: dict[str, tuple[Callable[[Any, str | None], None], Callable[..., int]]] = {
-    "demo": (_add_demo, cmd_demo),
+COMMANDS: dict[str, tuple[Builder, Callable[..., int]]] = {
+    "demo": (_simple(
+        "train a small VAE on the embedded digits and probe it",
+        "Train a small VAE on scikit-learn's 8x8 digits (embedded, no download) for --epochs "
+        "epochs, fit a linear probe on its latent means, print the test accuracy and write "
+        "figures into OUT/images/.",
+        "example:\n  selfsup demo --epochs 10 --out runs/demo", DEMO_OPTIONS), cmd_demo),
     "train": (_add_train, cmd_train),
     "eval": (_add_eval, cmd_eval),
-    "generate": (_add_generate, cmd_generate),
-    "fid": (_add_fid, cmd_fid),
-    "report": (_add_report, cmd_report),
-    "compare": (_add_compare, cmd_compare),
+    "generate": (_simple(
+        "write reconstructions and samples of a generative run",
+        "Write reconstructions of test images and samples of a generative run as grids into "
+        "--out; with --mode, N samples as PNG files (OUT/samples/) and OUT/grid.png, e.g. for "
+        "`selfsup fid`. The run, the count and the folder are checked before anything is "
+        "written.",
+        "examples:\n  selfsup generate --run runs/vae --n 64 --out gen\n  selfsup generate "
+        "--run runs/hvae --mode limiting --steps 1000 --n 1000 --out gen-chain",
+        GENERATE_OPTIONS), cmd_generate),
+    "fid": (_simple(
+        "Frechet Inception Distance between two image folders",
+        "Frechet Inception Distance between two folders of images (PNG/JPEG), with "
+        "pytorch-fid's InceptionV3 features.",
+        "example:\n  selfsup fid gen/samples ref/ --inception-weights "
+        "pt_inception-2015-12-05.pth --json", FID_OPTIONS), cmd_fid),
+    "report": (_simple(
+        "one page comparing run folders (HTML or Markdown)",
+        "Summarize run folders: method, dataset, budget, wall time, every saved evaluation "
+        "(RUN_DIR/eval/*.json, written by `selfsup eval`) and the figures in RUN_DIR/images/. "
+        "HTML embeds the figures and needs no network; Markdown links them. The best value of "
+        "a metric is marked among the runs on the same dataset only.",
+        "examples:\n  selfsup report runs/vae-mnist runs/vicreg-mnist --out report.html\n"
+        "  selfsup report runs/* --format md --out results.md", REPORT_OPTIONS), cmd_report),
+    "compare": (_simple(
+        "train and evaluate every method of a preset, one report",
+        "Train several methods with one shared budget (epochs, steps, batch size), evaluate "
+        "each (linear and kNN probes; GMM clustering for generative methods), and write "
+        "OUT/report.html and OUT/report.md.",
+        "examples:\n  selfsup compare --preset digits-all --out runs/compare-digits\n  selfsup "
+        "compare --preset mnist-all --methods vae,simvae,vicreg --epochs 5 --data-dir "
+        "../shared/data", COMPARE_OPTIONS), cmd_compare),
     "data": (_add_data, cmd_data),
 }
 
@@ -824,8 +814,8 @@ def build_parser(method_for_help: str | None = None) -> Parser:
                     "learners.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=Parser, help="`selfsup COMMAND --help` for more")
-    for add, _ in COMMANDS.values():
-        add(sub, method_for_help)
+    for name, (add, _) in COMMANDS.items():
+        add(sub, name, method_for_help)
     return parser
 
 

@@ -7,10 +7,11 @@ bad request leaves no empty folder behind.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, RunError
 
 
 def generate(
@@ -32,26 +33,32 @@ def generate(
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"The number of images must be a positive integer, got {n!r}.")
-    if steps is not None and steps < 1:
-        raise ConfigError(f"--steps must be a positive integer, got {steps}.")
-    if mode is not None and mode not in pipelines.GENERATE_MODES:
-        raise ConfigError(f"Unknown generation mode {mode!r}; use random or limiting.")
     method = pipelines.load_run(run_dir, device=device)
+    out = Path(out)
+    check_writable(out)
+    if mode is not None:
+        images = pipelines.generate_images(method, n, mode, steps, seed=seed)  # checks the mode
+        check_output_dir(out, needed_bytes=images.numel() + 2**20)
+        return {**pipelines.save_image_folder(images, out), "mode": mode}
     if not method.generative:
         raise ConfigError(f"{method.name} has no decoder, so it cannot generate images.")
-    if mode == "limiting" and not hasattr(method, "sample_limiting"):
-        raise ConfigError(
-            f"--mode limiting needs a method with an encoder-decoder Markov chain sampler "
-            f"(hvae); {method.name} supports --mode random."
-        )
-    out = Path(out)
-    check_output_dir(out, needed_bytes=n * 16 * 2**10 + 2**20)
-    if mode is not None:
-        images = pipelines.generate_images(method, n, mode, steps, seed=seed)
-        return {**pipelines.save_image_folder(images, out), "mode": mode}
     from selfsup.plots import save_generative_grids
 
+    check_output_dir(out, needed_bytes=2**20)
     spec = pipelines.dataset_spec(method.config.data.name)
     dataset = pipelines.load_split(method.config, spec.test_split, data_dir)
     paths = save_generative_grids(method, dataset, out, n=n)
     return {k: str(v) for k, v in paths.items()}
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, creating nothing, a folder that could not be created or written: its nearest
+    existing ancestor must be a folder this process may write into."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(
+            f"Cannot write to the output folder {folder} ({existing} is not a writable folder). "
+            "Choose a writable folder with --out, or fix its permissions."
+        )
