@@ -79,9 +79,10 @@ def test_demo_learns_more_than_its_untrained_twin(tmp_path):
     from selfsup.demo import demo_config
     from selfsup.methods import method_class
 
-    out = tmp_path / "demo"
-    proc = selfsup("demo", "--epochs", "3", "--out", str(out), "--json")
+    out = _fake_run(tmp_path / "demo", "vae", "digits", {"stale": {"accuracy": 0.1}})
+    proc = selfsup("demo", "--epochs", "3", "--out", str(out), "--json")  # replaces that demo
     assert proc.returncode == 0, proc.stderr
+    assert not (out / "eval" / "stale.json").exists()
     summary = json.loads(proc.stdout)
     assert summary["epochs"] == 3 and summary["run_dir"] == str(out)
     for name in ("reconstructions.png", "samples.png", "embedding.png"):
@@ -101,7 +102,12 @@ def test_demo_learns_more_than_its_untrained_twin(tmp_path):
     assert neg_elbo(trained) <= neg_elbo(twin) - DEMO_ELBO_MARGIN
     untrained = pipelines.evaluate(twin, "linear")["accuracy"]
     assert summary["linear_probe_accuracy"] >= untrained + DEMO_ACCURACY_MARGIN, untrained
-    assert selfsup("demo", "--epochs", "1", "--out", str(out), "--json").returncode == 0  # rerun
+
+
+def test_demo_replaces_only_an_earlier_demo(tmp_path):
+    other = _fake_run(tmp_path / "other", "simclr", "mnist", {})
+    _assert_clean_error(selfsup("demo", "--out", str(other)), "not an earlier demo")
+    assert (other / "config.yaml").is_file()
 
 
 def test_train_eval_generate_json(tmp_path):
@@ -382,3 +388,43 @@ def test_benchmarks_run_from_another_folder(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "speed" in proc.stdout and "vae-mnist" in proc.stdout
+
+
+def _fake_run(folder: Path, method: str, dataset: str, evals: dict) -> Path:
+    """A run folder as `selfsup report` reads it: config.yaml and eval/*.json."""
+    (folder / "eval").mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        f"method: {method}\ndata: {{name: {dataset}, batch_size: 64}}\ntrainer: {{epochs: 1}}\n")
+    for name, result in evals.items():
+        (folder / "eval" / f"{name}.json").write_text(json.dumps(result))
+    return folder
+
+
+def test_report_compares_within_a_dataset_and_a_metric(tmp_path):
+    """Issue 20: the report bolded digits 0.908 over MNIST 0.902 as if comparable, and averaged
+    factor accuracies with R^2 values."""
+    factors = {"splits": {"train": 10, "test": 10}, "results": [
+        {"factor": "shape", "metric": "accuracy", "representation": "features",
+         "train": 0.9, "test": 0.8},
+        {"factor": "posX", "metric": "r2", "representation": "features", "train": 0.5,
+         "test": 0.2},
+        {"factor": "posY", "metric": "r2", "representation": "features", "train": 0.3,
+         "test": 0.0}]}
+    runs = [
+        _fake_run(tmp_path / "a", "vae", "digits", {"linear": {"accuracy": 0.908}}),
+        _fake_run(tmp_path / "b", "vae", "mnist", {"linear": {"accuracy": 0.902}}),
+        _fake_run(tmp_path / "c", "simclr", "mnist", {"linear": {"accuracy": 0.899},
+                                                      "factors": factors}),
+    ]
+    out = tmp_path / "r.md"
+    proc = selfsup("report", *map(str, runs), "--out", str(out), "--format", "md")
+    assert proc.returncode == 0, proc.stderr
+    header, _, *rows = out.read_text().split("\n\n")[0].splitlines()
+    names = [c.strip() for c in header.strip("|").split("|")]
+    table = {r.split("|")[1].strip()[1:2]: dict(zip(names, (c.strip() for c in
+             r.strip("|").split("|")), strict=True)) for r in rows}
+    assert table["a"]["linear acc"] == "0.9080"  # alone on digits: nothing to beat
+    assert table["b"]["linear acc"] == "**0.9020**" and table["c"]["linear acc"] == "0.8990"
+    assert table["c"]["factors test accuracy (mean)"] == "0.8000"
+    assert table["c"]["factors test r2 (mean)"] == "0.1000"
+    assert not any("factors test (mean)" in n for n in names)
