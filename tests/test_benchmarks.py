@@ -23,7 +23,7 @@ def test_reference_transform_mirrors_the_preset_augmentations():
     transform = reference.torchvision_transform(augment, 32)
     kinds = [type(t).__name__ for t in transform.transforms]
     assert kinds == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomApply",
-                     "RandomGrayscale", "ToTensor", "Normalize"]
+                     "RandomGrayscale", "RandomApply", "RandomSolarize", "ToTensor", "Normalize"]
     crop, flip, jitter = transform.transforms[:3]
     assert crop.scale == tuple(augment.crop_scale) and flip.p == augment.hflip
     assert jitter.p == augment.jitter_prob and isinstance(jitter.transforms[0], T.ColorJitter)

@@ -146,9 +146,9 @@ def test_presets_load(name):
         assert config.model.backbone == expected
         assert config.data.batch_size == 256
     vicreg = pipelines.build_config("vicreg", "cifar10")
-    assert vicreg.model.proj_dims == [1024, 1024, 1024] and vicreg.optim.name == "adam"
+    assert vicreg.model.proj_dims == [1024] * 4 and vicreg.optim.name == "adam"
     model = vicreg.model
-    assert (model.inv_weight, model.var_weight, model.cov_weight) == (25, 25, 1)
+    assert (model.inv_weight, model.var_weight, model.cov_weight) == (25, 50, 1)
     assert vicreg.trainer.epochs == 500 and vicreg.augment.normalize
     from importlib.resources import files
 

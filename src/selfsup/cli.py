@@ -36,7 +36,7 @@ EPILOG = """examples:
   selfsup train vicreg --dataset cifar10 --data-dir data --preset vicreg/cifar10-solo
   selfsup train --resume runs/vae-mnist --epochs 20
   selfsup eval linear --run runs/vae-mnist --json
-  selfsup eval linear --run runs/vicreg-cifar10 --protocol sgd --epochs 50
+  selfsup eval linear --run runs/vicreg-cifar10 --protocol sgd-augmented
   selfsup eval knn --run runs/vae-mnist
   selfsup eval factors --run runs/byol-dsprites --max-samples 20000
   selfsup eval fid --run runs/hvae-mnist --mode limiting --n 1000 --inception-weights PATH
@@ -163,7 +163,7 @@ TRAIN_OPTIONS: list[Option] = [
 ]
 RESUME_OPTIONS = ("trainer.epochs", "trainer.progress_bar")  # what --resume accepts with it
 
-LINEAR_PROTOCOLS = ("lbfgs", "sgd", "adam")
+LINEAR_PROTOCOLS = ("lbfgs", "sgd", "adam", "sgd-augmented")
 # `selfsup eval PROBE`: short help, description, then the probe's own options, passed to its
 # library function as keyword arguments named by their dest.
 EVAL_PROBES: dict[str, tuple[str, str, list[Option]]] = {
@@ -172,10 +172,16 @@ EVAL_PROBES: dict[str, tuple[str, str, list[Option]]] = {
         "Logistic regression on the frozen representation of the train split (L-BFGS, weight "
         "decay chosen on a validation split carved from train), scored once on the test split; "
         "or the papers' protocol: a linear layer trained by SGD (Nesterov) or Adam with a cosine "
-        "schedule for exactly --epochs epochs.",
+        "schedule for exactly --epochs epochs; or sgd-augmented: augustwester/vicreg's eval.py "
+        "(plain SGD lr 0.02, weight decay 1e-6, 50 epochs, cosine per epoch, on randomly cropped "
+        "and flipped training images through the frozen encoder).",
         [
             opt("--protocol", choices=LINEAR_PROTOCOLS, default="lbfgs",
-                help="lbfgs (default), or sgd / adam for the fixed-epoch protocol"),
+                help="lbfgs (default); sgd / adam: the fixed-epoch protocol; sgd-augmented: "
+                "augustwester/vicreg's eval.py"),
+            opt("--test-unnormalized", dest="normalize_test", action="store_false", default=None,
+                help="sgd-augmented only: score un-normalised test images, as the original "
+                "eval.py does (a bug there)"),
             opt("--epochs", type=positive_int, metavar="N",
                 help="sgd/adam protocol: number of epochs (e.g. 50)"),
             opt("--lr", dest="base_lr", type=positive_float, metavar="LR",
@@ -480,6 +486,8 @@ def _dest(option: Option) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     options = _probe_options(args)
+    if "normalize_test" in options and options.get("protocol") != "sgd-augmented":
+        raise ConfigError("--test-unnormalized applies to `eval linear --protocol sgd-augmented`.")
     if args.probe == "linear" and options.get("protocol") == "lbfgs":
         fixed = [f for f, d in (("--epochs", "epochs"), ("--lr", "base_lr"),
                                 ("--batch-size", "batch_size")) if d in options]

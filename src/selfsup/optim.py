@@ -13,7 +13,9 @@ rule), else ``lr``. Schedules, evaluated once per optimizer step ``k`` with ``T`
 LARS (You et al., 2017, in the form used by Barlow Twins / VICReg): for every parameter ``w`` with
 gradient ``g`` that is not excluded, ``u = g + wd * w``, ``u <- u * eta * ||w|| / ||u||`` (trust
 ratio 1 if either norm is 0); for excluded parameters (biases and normalisation weights when
-``exclude_bias_and_norm``) ``u = g``. Then heavy-ball momentum ``m <- mu * m + u`` and
+``exclude_bias_and_norm``) ``u = g``. With ``lars_clip`` (solo-learn's ``clip_lr``) the trust
+ratio ``r`` becomes ``min(r / lr, 1)``, i.e. a layer's step is ``min(eta ||w|| / ||u||, lr)``
+times ``u`` instead of ``lr eta ||w|| / ||u||``. Then heavy-ball momentum ``m <- mu * m + u`` and
 ``w <- w - lr * m`` (or ``w <- w - lr * (u + mu * m)`` with Nesterov).
 """
 
@@ -45,6 +47,7 @@ class OptimConfig:
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     lars_eta: float = 0.02
+    lars_clip: bool = False
     exclude_bias_and_norm: bool = True
     scale_lr_by_batch: bool = False
     schedule: str = "constant"
@@ -108,6 +111,7 @@ class LARS(torch.optim.Optimizer):
         eta: float = 0.02,
         nesterov: bool = False,
         lars_exclude: bool = False,
+        clip: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -116,6 +120,7 @@ class LARS(torch.optim.Optimizer):
             "eta": eta,
             "nesterov": nesterov,
             "lars_exclude": lars_exclude,
+            "clip": clip,
         }
         super().__init__(params, defaults)
 
@@ -144,6 +149,8 @@ class LARS(torch.optim.Optimizer):
                 u_norm = torch.stack(torch._foreach_norm(updates))
                 ok = (w_norm > 0) & (u_norm > 0)
                 trust = torch.where(ok, group["eta"] * w_norm / u_norm.clamp_min(1e-30), 1.0)
+                if group.get("clip", False):  # solo-learn's clip_lr: at most lr per step
+                    trust = torch.where(ok, (trust / lr).clamp(max=1.0), trust)
                 torch._foreach_mul_(updates, list(trust.to(updates[0].dtype).unbind()))
             if mu != 0:
                 bufs = []
@@ -232,6 +239,7 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig, batch_size: int) -> tor
         weight_decay=wd,
         eta=cfg.lars_eta,
         nesterov=cfg.nesterov,
+        clip=cfg.lars_clip,
     )
 
 

@@ -272,6 +272,20 @@ class Features:
     test_y: torch.Tensor
 
 
+def labeled_splits(
+    config: RunConfig, data_dir: str | Path | None = None
+) -> tuple[AnyDataset, AnyDataset]:
+    """The (train, test) splits a probe uses; ConfigError for a dataset without labels."""
+    spec = dataset_spec(config.data.name)
+    if spec.num_classes <= 0:
+        raise ConfigError(
+            f"Dataset {spec.name} has no labels, so probes cannot be trained on it. Evaluate on a "
+            "labeled dataset."
+        )
+    return (load_split(config, spec.train_split, data_dir),
+            load_split(config, spec.test_split, data_dir))
+
+
 def run_features(
     method: Method,
     data_dir: str | Path | None = None,
@@ -281,15 +295,7 @@ def run_features(
     """Frozen representations of the train and test splits (labeled samples only)."""
     from selfsup.evaluate import extract_features
 
-    config = method.config
-    spec = dataset_spec(config.data.name)
-    if spec.num_classes <= 0:
-        raise ConfigError(
-            f"Dataset {spec.name} has no labels, so probes cannot be trained on it. Evaluate on a "
-            "labeled dataset."
-        )
-    train_set = load_split(config, spec.train_split, data_dir)
-    test_set = load_split(config, spec.test_split, data_dir)
+    train_set, test_set = labeled_splits(method.config, data_dir)
     was_training = method.training
     method.eval()  # frozen encoder: batch norm uses its running statistics and keeps them
     try:
@@ -316,11 +322,13 @@ def evaluate(
     runs the papers' fixed-epoch SGD protocol (:func:`linear_protocol_probe`) instead of L-BFGS.
     """
     from selfsup.evaluate import gmm_clustering, knn_probe, linear_probe, mlp_probe
-    from selfsup.evaluate.linear_protocol import linear_protocol_probe
+    from selfsup.evaluate.linear_protocol import AUGMENTED_PROTOCOL, linear_protocol_probe
 
     if probe not in PROBES:
         raise ConfigError(f"Unknown probe {probe!r}; choose one of {', '.join(PROBES)}.")
     options = dict(probe_options or {})
+    if probe == "linear" and options.get("protocol") == AUGMENTED_PROTOCOL:
+        return evaluate_augmented_linear(method, data_dir, device, seed, options)
     f = features or run_features(method, data_dir, device)
     started = time.perf_counter()
     data = (f.train_x, f.train_y, f.test_x, f.test_y)
@@ -348,6 +356,40 @@ def evaluate(
         method=method.config.method,
         dataset=method.config.data.name,
         feature_dim=int(f.train_x.shape[1]),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return result
+
+
+def evaluate_augmented_linear(
+    method: Method,
+    data_dir: str | Path | None,
+    device: str | torch.device,
+    seed: int,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Linear protocol ``sgd-augmented`` (:func:`augmented_linear_protocol`): the probe is trained
+    on augmented training images through the frozen encoder, so no features are cached."""
+    from selfsup.evaluate.linear_protocol import augmented_linear_protocol
+
+    config = method.config
+    options = {k: v for k, v in options.items() if k != "protocol"}
+    train_set, test_set = labeled_splits(config, data_dir)
+    started = time.perf_counter()
+    try:
+        result = augmented_linear_protocol(
+            method.to(device), train_set, test_set,
+            num_classes=dataset_spec(config.data.name).num_classes, seed=seed,
+            device=device, **options,
+        )
+    except TypeError as exc:
+        raise ConfigError(
+            f"Option not accepted by the linear sgd-augmented protocol ({exc}). See "
+            "`selfsup eval --help`."
+        ) from None
+    result.update(
+        method=config.method,
+        dataset=config.data.name,
         seconds=round(time.perf_counter() - started, 3),
     )
     return result

@@ -9,6 +9,12 @@ For embeddings ``z_a, z_b`` of shape (n, d):
   and the term is ``c(z_a) + c(z_b)``;
 * total       ``lambda * s + mu * v + nu * c`` with defaults lambda = mu = 25, nu = 1.
 
+Convention: the variance term is the MEAN of the two views' hinges, as facebookresearch/vicreg
+(``main_vicreg.py:207``, ``std_coeff`` 25). Code that SUMS them with weight w
+(augustwester/vicreg ``train.py:61``, solo-learn ``solo/losses/vicreg.py:55``, both w = 25) is
+this loss with ``mu = 2 w`` (50). ``eps = 0`` gives the plain standard deviation
+(augustwester/vicreg ``loss.py:5``); its gradient is undefined where a column is constant.
+
 With ``gather_distributed=True`` the variance and covariance terms use the embeddings of all
 processes (via :func:`gather_with_grad`); the invariance term stays per process.
 """

@@ -8,7 +8,9 @@ Pipeline for a uint8 batch x of N images:
     loss = L(z_a, z_b)                    the method's loss (the only thing subclasses change)
 
 The views go through the networks one at a time, so batch-norm statistics are per view as in the
-reference implementations. BYOL adds a predictor and an EMA target network on top of this.
+reference implementations; ``concat_views: true`` instead passes both views as ONE batch
+(f and g see ``cat(x_a, x_b)``: batch-norm statistics over 2N samples, as augustwester/vicreg's
+``model.py:41-43``). BYOL adds a predictor and an EMA target network on top of this.
 
 ``backbone: auto`` is the small conv net of :mod:`selfsup.nets.conv` for images up to 64 px and a
 ResNet-18 (with the CIFAR or STL stem) above; the CIFAR-10 / STL-10 presets name ``resnet18``;
@@ -60,6 +62,8 @@ class JointEmbeddingConfig:
     size 128); ``hidden``: MLP backbone widths. ``proj_dims``: projector layer sizes, hidden sizes
     then output size; ``proj_last_bn``: last projector layer without bias, followed by BatchNorm.
     ``gather_distributed``: compute batch statistics of the loss over all devices.
+    ``concat_views``: both views through the networks as one concatenated batch (batch norm over
+    the 2N views); methods with their own training step (BYOL, MoCo-SimCLR) refuse it.
 
     Bottleneck: ``encode_method`` continuous | softmax | gumbel | vq; ``message_size`` L (groups),
     ``vocab_size`` V (symbols per group), ``tau`` (None: 1 for softmax, sqrt(V) for gumbel),
@@ -86,6 +90,7 @@ class JointEmbeddingConfig:
     embedder: str = "auto"
     embed_hidden: list[int] = field(default_factory=lambda: [1024])
     embed_dim: int = 0
+    concat_views: bool = False
 
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
@@ -183,9 +188,12 @@ class JointEmbedding(Method):
         super().__init__(config, info)
         cfg = config.model
         cfg.backbone = resolve_backbone(cfg.backbone, info.image_shape)
-        self.backbone, self.feature_dim = build_encoder(
-            cfg.backbone, info.image_shape, None, list(cfg.hidden), cfg.width
-        )
+        if cfg.concat_views and type(self).training_loss is not JointEmbedding.training_loss:
+            raise ConfigError(
+                f"model.concat_views is not supported by {self.name}, whose training step "
+                "passes the views through separate networks; set it to false."
+            )
+        self.backbone, self.feature_dim = self.build_backbone()
         self.embedder, self.bridge = self.build_bottleneck(self.feature_dim)
         self.projector = self.build_projector(self.bridge.out_dim)
         self.init_online_probe(self.feature_dim)
@@ -193,6 +201,13 @@ class JointEmbedding(Method):
     @classmethod
     def default_config(cls, info: DataInfo) -> dict[str, Any]:
         return {"augment": simclr_augmentations(info)}
+
+    def build_backbone(self) -> tuple[nn.Module, int]:
+        """(backbone f, feature size) for ``model.backbone`` (VICReg adds ResNet stem options)."""
+        cfg = self.config.model
+        return build_encoder(
+            cfg.backbone, self.info.image_shape, None, list(cfg.hidden), cfg.width
+        )
 
     def build_bottleneck(self, in_dim: int) -> tuple[nn.Module, Bridge]:
         """(embedder, bridge) for ``model.encode_method`` on backbone features of size in_dim."""
@@ -263,6 +278,12 @@ class JointEmbedding(Method):
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         x_a, x_b = self.two_views(images)
+        if self.config.model.concat_views:  # one batch: BN statistics over both views
+            h = self.backbone(torch.cat([x_a, x_b]))
+            z, aux = self.project(h)
+            z_a, z_b = z.chunk(2)
+            terms = self.add_aux(self.pair_loss(z_a.float(), z_b.float()), aux)
+            return {**terms, "features": h[: x_a.shape[0]].detach()}
         h_a = self.backbone(x_a)
         h_b = self.backbone(x_b)
         z_a, aux_a = self.project(h_a)

@@ -6,6 +6,8 @@ small conv nets for 28 px and up to 64 px; methods with a ResNet preset name it 
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from selfsup.errors import ConfigError
@@ -27,8 +29,13 @@ def build_encoder(
     out_dim: int | None,
     hidden: list[int] | None = None,
     width: int = 32,
+    resnet_options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, int]:
-    """(encoder, output dim): maps (N, C, H, W) to (N, out_dim) (or features when out_dim None)."""
+    """(encoder, output dim): maps (N, C, H, W) to (N, out_dim) (or features when out_dim None).
+
+    ``resnet_options`` (stem_padding, stem_bias, stem_init, fc_dim) go to
+    :func:`selfsup.nets.resnet.resnet_backbone` for ResNet encoders.
+    """
     kind = resolve_kind(kind, image_shape)
     if kind == "mlp":
         from selfsup.nets.mlp import MLPEncoder
@@ -57,7 +64,9 @@ def build_encoder(
         from selfsup.nets.resnet import resnet_backbone
 
         stem = "cifar" if image_shape[1] <= 64 else "stl" if image_shape[1] <= 128 else "imagenet"
-        body, feat = resnet_backbone(kind, stem=stem, in_channels=image_shape[0])
+        body, feat = resnet_backbone(
+            kind, stem=stem, in_channels=image_shape[0], **(resnet_options or {})
+        )
         if out_dim is None:
             return body, feat
         return nn.Sequential(body, nn.Linear(feat, out_dim)), out_dim
