@@ -1,8 +1,8 @@
 """``selfsup generate``: image grids, or a folder of samples, from a generative run.
 
-Everything that can be refused is checked before anything is written: the number of images, the
-run, whether it can generate (and in that mode), and that the output folder is writable. So a
-bad request leaves no empty folder behind.
+Everything that can be refused is checked before anything is written: the number of images, that
+the output folder can be written, the run, and whether it can generate (in that mode). So a bad
+request leaves no empty folder behind.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ def generate(
     grids in ``out``. With ``mode`` (``random``: codes from the prior; ``limiting``: the
     encoder-decoder Markov chain, ``steps`` transitions): ``n`` sample PNGs in ``out/samples/``
     and ``out/grid.png``. Returns the written paths."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"The number of images must be a positive integer, got {n!r}.")
+    out = Path(out)
+    check_writable(out)
     from selfsup import pipelines
     from selfsup.engine import check_output_dir
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"The number of images must be a positive integer, got {n!r}.")
     method = pipelines.load_run(run_dir, device=device)
-    out = Path(out)
-    check_writable(out)
     if mode is not None:
         images = pipelines.generate_images(method, n, mode, steps, seed=seed)  # checks the mode
         check_output_dir(out, needed_bytes=images.numel() + 2**20)
