@@ -39,3 +39,13 @@ def tiny_vae_flags(epochs: int = 2, **trainer: object) -> dict:
 @pytest.fixture
 def tiny_flags():
     return tiny_vae_flags
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tmp_path_factory):
+    """A tiny VAE run on the digits, one epoch (trained once per test module)."""
+    from selfsup import pipelines
+
+    run = tmp_path_factory.mktemp("trained") / "vae"
+    pipelines.train(pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=1)), run)
+    return run

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from selfsup import plots
 from selfsup.data.base import AnyDataset, ImageDataset
 from selfsup.methods.base import Method
+from selfsup.rundir import RunFolder
 
 
 def subset_indices(labels: torch.Tensor, max_points: int, seed: int = 0) -> torch.Tensor:
@@ -57,8 +58,9 @@ class RunPlots(Callback):
         max_points: int = 1500,
         grid_size: int = 32,
     ) -> None:
-        self.image_dir = Path(run_dir) / plots.IMAGE_DIR
-        self.metrics_csv = Path(run_dir) / "metrics.csv"
+        folder = RunFolder(run_dir)
+        self.image_dir = folder.image_dir
+        self.metrics_csv = folder.metrics_file
         self.dataset = dataset
         self.every = every
         self.embedding = embedding
@@ -120,7 +122,7 @@ class RunPlots(Callback):
         return written
 
     def _embedding(self, method: Method) -> Path | None:
-        from selfsup.evaluate import extract_features
+        from selfsup.evaluate.features import frozen_features
 
         dataset = self.dataset
         labels = dataset.labels if isinstance(dataset, ImageDataset) else None
@@ -134,12 +136,7 @@ class RunPlots(Callback):
             part: Any = dataset.subset(idx)
         else:
             part = torch.utils.data.Subset(dataset, idx.tolist())  # type: ignore[arg-type]
-        was_training = method.training
-        method.eval()
-        try:
-            feats, labs = extract_features(method.represent, part, 512, method.device)
-        finally:
-            method.train(was_training)
+        feats, labs = frozen_features(method, part, 512)
         names = getattr(dataset, "class_names", None)
         title = (
             f"{method.name}: {self.embedding.upper()} of {len(labs)} "

@@ -41,6 +41,7 @@ EPILOG = """examples:
   selfsup eval factors --run runs/byol-dsprites --max-samples 20000
   selfsup eval fid --run runs/hvae-mnist --mode limiting --n 1000 --inception-weights PATH
   selfsup generate --run runs/vae-mnist --n 64 --out samples/
+  selfsup export --run runs/vae-mnist --out vae.pt --format torchscript
   selfsup fid gen/samples ref/ --inception-weights inception.pt --json
   selfsup report runs/vae-mnist runs/vicreg-mnist --out report.html
   selfsup compare --preset mnist-all --data-dir ../shared/data --out runs/compare-mnist
@@ -158,10 +159,10 @@ TRAIN_OPTIONS: list[Option] = [
     opt("--no-preset", action="store_true",
         help="do not apply configs/METHOD/DATASET.yaml (the recipe applied by default)"),
     opt("--resume", metavar="RUN_DIR",
-        help="continue a run from its last checkpoint (only --epochs may change its budget)"),
+        help="continue a run from its last checkpoint; --epochs or --max-steps extend it, other "
+        "options are applied or refused by name"),
     opt("--json", action="store_true", help="print one JSON summary (no progress bar)"),
 ]
-RESUME_OPTIONS = ("trainer.epochs", "trainer.progress_bar")  # what --resume accepts with it
 
 LINEAR_PROTOCOLS = ("lbfgs", "sgd", "adam", "sgd-augmented")
 # `selfsup eval PROBE`: short help, description, then the probe's own options, passed to its
@@ -308,6 +309,17 @@ COMPARE_OPTIONS: list[Option] = [
     opt("--json", action="store_true", help="print one JSON object"),
 ]
 
+EXPORT_OPTIONS: list[Option] = [
+    opt("--run", required=True, metavar="RUN_DIR", help="run folder"),
+    opt("--out", required=True, metavar="FILE",
+        help="output file (.safetensors, .pt or .onnx); FILE.json goes beside it"),
+    opt("--format", choices=("safetensors", "torchscript", "onnx"), default="safetensors",
+        help="safetensors (default), torchscript or onnx"),
+    opt("--checkpoint", metavar="PATH",
+        help="a checkpoint of the run other than checkpoints/last.ckpt"),
+    opt("--json", action="store_true", help="print one JSON object"),
+]
+
 DEMO_OPTIONS: list[Option] = [
     opt("--out", default="runs/demo", metavar="DIR",
         help="run folder (default runs/demo; an earlier demo there is replaced)"),
@@ -413,20 +425,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     given = {dest: value for dest, value in vars(args).items()
              if ("." in dest or dest == "seed") and value is not None}
     if args.resume:
-        flag = {_dest(option): option[0][0] for option in TRAIN_OPTIONS}
-        refused = [flag[d] for d in given if d not in RESUME_OPTIONS]
-        refused += [flag[d] for d in ("dataset", "out", "preset", "config", "set", "no_preset")
-                    if getattr(args, d)]
-        refused += [t for t in extra if t.startswith("--")] + ([args.method] if args.method else [])
-        if refused:
-            raise ConfigError(
-                f"--resume continues a run with its saved configuration, so {', '.join(refused)} "
-                "cannot be given with it; only --epochs (to extend the run), --no-progress and "
-                "--json can."
-            )
-        from selfsup import pipelines
-
-        _, result = pipelines.resume(args.resume, epochs=given.get("trainer.epochs"))
+        _, result = _resume(args, extra, given)
     else:
         if not args.method:
             raise ConfigError("Name a method to train, e.g. `selfsup train vae --dataset mnist`.")
@@ -468,9 +467,49 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         "interrupted": result.interrupted,
     }
     title = "Training interrupted; checkpoint saved." if result.interrupted else "Training done."
+    if result.aborted:
+        title = "Training stopped at once (second Ctrl-C); the step in flight was not saved."
     if not pipelines.is_launched_worker():
         _emit(summary, args.json, title)
+    if result.aborted:
+        print(
+            f"selfsup: stopped by a second Ctrl-C. The last checkpoint is {result.last_checkpoint} "
+            f"(step {result.global_step}); continue with `selfsup train --resume "
+            f"{result.run_dir}`.",
+            file=sys.stderr,
+        )
+        return 130
     return 0
+
+
+def _resume(args: argparse.Namespace, extra: list[str], given: dict[str, Any]) -> Any:
+    """`selfsup train --resume RUN [options]`: each config option given is applied (and recorded
+    in the run's config history) or refused by :func:`selfsup.pipelines.resume`, naming it; what
+    would make it another run (method, dataset, folder, config files) is refused here."""
+    from selfsup import pipelines
+
+    flag = {_dest(option): option[0][0] for option in TRAIN_OPTIONS}
+    fixed = [flag[d] for d in ("dataset", "out", "preset", "config", "no_preset")
+             if getattr(args, d)]
+    fixed += ([f"the method {args.method!r}"] if args.method else []) + extra
+    if fixed:
+        raise ConfigError(
+            f"--resume continues the run in its own folder with its saved method, dataset and "
+            f"configuration, so {', '.join(fixed)} cannot be given with it. Options a resume "
+            "accepts: --epochs, --max-steps, --data-dir, --download, --accelerator, "
+            "--no-progress, --json and --set KEY=VALUE for "
+            f"{', '.join(sorted(pipelines.RESUME_KEYS))}."
+        )
+    sets, given_as = [], {}
+    for key, value in given.items():
+        if key != "trainer.progress_bar":  # display only: this session's
+            sets.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+            given_as[key] = flag[key] if value is True else f"{flag[key]} {value}"
+    for item in args.set or []:
+        sets.append(item)
+        given_as.setdefault(item.split("=", 1)[0].strip(), f"--set {item}")
+    progress = False if (given.get("trainer.progress_bar") is False or args.json) else None
+    return pipelines.resume(args.resume, sets=sets, given_as=given_as, progress_bar=progress)
 
 
 def _probe_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -497,7 +536,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "(or adam), e.g. `selfsup eval linear --run RUN --protocol sgd --epochs 50`."
             )
     from selfsup import pipelines
+    from selfsup.rundir import RunFolder
 
+    RunFolder(args.run).check_eval_writable()  # before computing: a result is never lost
     method = pipelines.load_run(args.run, device=args.device)
     if args.probe == "factors":
         from selfsup.evaluate.factors import evaluate_factors, format_table, save_result
@@ -529,6 +570,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     written = generate(args.run, args.out, n=args.n, mode=args.mode, steps=args.steps,
                        seed=args.seed, device=args.device, data_dir=args.data_dir)
     _emit(written, args.json, "Wrote:")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from selfsup import pipelines
+    from selfsup.export import export_encoder
+
+    method = pipelines.load_run(args.run, checkpoint=args.checkpoint)
+    spec = export_encoder(method, args.out, args.format, run_dir=args.run)
+    summary = {"file": str(args.out), "description": spec["json"], "format": args.format,
+               "layout": spec.get("layout", args.format), "feature_dim": spec["output"]["shape"][1],
+               "input": "x".join(str(v) for v in spec["input"]["shape"][1:])}
+    _emit(summary, args.json, "Wrote:")
     return 0
 
 
@@ -812,6 +866,19 @@ COMMANDS: dict[str, tuple[Builder, Callable[..., int]]] = {
         "examples:\n  selfsup compare --preset digits-all --out runs/compare-digits\n  selfsup "
         "compare --preset mnist-all --methods vae,simvae,vicreg --epochs 5 --data-dir "
         "../shared/data", COMPARE_OPTIONS), cmd_compare),
+    "export": (_simple(
+        "write a run's frozen encoder for use elsewhere (safetensors, TorchScript, ONNX)",
+        "Write the frozen encoder of a run (the representation the probes use) to FILE, and "
+        "FILE.json describing how to build and feed it (input shape, [0, 1] scaling, "
+        "normalisation). safetensors: the weights only (for torchvision ResNet backbones the keys "
+        "load into torchvision.models.resnet18/34/50 once the layers FILE.json names are "
+        "replaced); torchscript: the whole computation with the preprocessing (torch.jit.load); "
+        "onnx: the same for onnxruntime (needs `pip install onnx onnxruntime`). Every export is "
+        "checked to reproduce the run's features before the command returns.",
+        "examples:\n  selfsup export --run runs/vicreg-cifar10 --out vicreg.safetensors\n"
+        "  selfsup export --run runs/vae-mnist --out vae.pt --format torchscript\n"
+        "  selfsup export --run runs/vae-mnist --out vae.onnx --format onnx",
+        EXPORT_OPTIONS), cmd_export),
     "data": (_add_data, cmd_data),
 }
 

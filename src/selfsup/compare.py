@@ -30,10 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from selfsup.config import PRESET_DIR, load_yaml
 from selfsup.errors import ConfigError, NonFiniteLossError, RunError
+from selfsup.rundir import RunFolder
 
 COMPARE_DIR = PRESET_DIR / "compare"
 KEYS = {
@@ -169,9 +168,12 @@ def compare(
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     for i, name in enumerate(names, 1):
-        run_dir = out / name
+        folder = RunFolder(out / name)
+        run_dir = folder.path
         config = configs[name]
-        if (run_dir / pipelines.CONFIG_FILE).exists():
+        if folder.is_failed_start():
+            shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to reuse
+        if folder.is_run():
             if existing == "error":
                 raise RunError(
                     f"{run_dir} already holds a run. Pass --overwrite to retrain it, --reuse to "
@@ -180,7 +182,13 @@ def compare(
             if existing == "overwrite":
                 shutil.rmtree(run_dir)
         started = time.perf_counter()
-        if (run_dir / pipelines.CONFIG_FILE).exists():
+        if folder.is_run():
+            error = folder.last_session_error()
+            if error:
+                log(f"[{i}/{len(names)}] {name}: FAILED in an earlier comparison, left out of "
+                    f"the report (pass --overwrite to retrain it). {error}")
+                failed[name] = error
+                continue
             log(f"[{i}/{len(names)}] {name}: reusing {run_dir}")
             method = pipelines.load_run(run_dir)
         else:
@@ -192,8 +200,9 @@ def compare(
                 log(f"[{i}/{len(names)}] {name}: FAILED, left out of the report. {exc}")
                 failed[name] = str(exc)
                 continue
-        method.eval()
-        features = _features(method, int(spec.get("eval_train_max", 0)), data_dir)
+        features = pipelines.run_features(
+            method, data_dir, method.device, train_max=int(spec.get("eval_train_max", 0))
+        )
         scores: dict[str, Any] = {}
         probes = evals + (generative_evals if method.generative else [])
         for probe in probes:
@@ -222,25 +231,3 @@ def compare(
         reports[fmt] = str(write_report(runs, path, fmt, title=str(spec["title"])))
     return {"out": str(out), "dataset": dataset, "epochs": epochs, "max_steps": max_steps,
             "reports": reports, "methods": results, "failed": failed}
-
-
-def _features(method: Any, train_max: int, data_dir: str | None) -> Any:
-    """Frozen features of the test split and of (at most ``train_max``, seeded) train samples."""
-    from selfsup import pipelines
-    from selfsup.data import dataset_spec
-    from selfsup.data.base import ImageDataset
-    from selfsup.evaluate import extract_features
-
-    if train_max <= 0:
-        return pipelines.run_features(method, data_dir)
-    config = method.config
-    spec = dataset_spec(config.data.name)
-    train_set = pipelines.load_split(config, spec.train_split, data_dir)
-    test_set = pipelines.load_split(config, spec.test_split, data_dir)
-    if isinstance(train_set, ImageDataset) and len(train_set) > train_max:
-        gen = torch.Generator().manual_seed(config.seed)
-        idx = torch.randperm(len(train_set), generator=gen)[:train_max].sort().values
-        train_set = train_set.subset(idx)
-    train_x, train_y = extract_features(method.represent, train_set, 512, method.device)
-    test_x, test_y = extract_features(method.represent, test_set, 512, method.device)
-    return pipelines.Features(train_x, train_y, test_x, test_y)

@@ -76,9 +76,10 @@ class TrainerConfig:
     """Training loop settings (passed to Lightning's Trainer where they have an equivalent).
 
     ``epochs`` bounds training; ``max_steps`` > 0 stops earlier. Checkpoints are written every
-    ``checkpoint_every`` epochs (kept) plus ``last.ckpt`` at each of them, at the end, and on
-    interrupt. ``log_every`` is in optimizer steps. ``plots`` writes figures into ``images/``
-    every ``plot_every`` epochs and at the end (``embedding_plot``: tsne, umap, pca or none).
+    ``checkpoint_every`` epochs (the newest ``keep_checkpoints`` of them are kept) plus
+    ``last.ckpt`` at each of them, at the end, and on interrupt. ``log_every`` is in optimizer
+    steps. ``plots`` writes figures into ``images/`` every ``plot_every`` epochs and at the end
+    (``embedding_plot``: tsne, umap, pca or none).
     """
 
     epochs: int = 10
@@ -89,6 +90,7 @@ class TrainerConfig:
     precision: str = "32-true"
     gradient_clip: float = 0.0
     checkpoint_every: int = 1
+    keep_checkpoints: int = 3
     log_every: int = 50
     val_every: int = 1
     deterministic: bool = False
@@ -140,6 +142,11 @@ class TrainerConfig:
         for name in ("checkpoint_every", "log_every", "plot_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.keep_checkpoints < 0:
+            raise ConfigError(
+                f"trainer.keep_checkpoints must be >= 0 (0 = only last.ckpt), got "
+                f"{self.keep_checkpoints}."
+            )
         if self.val_every < 0:
             raise ConfigError(f"trainer.val_every must be >= 0 (0 = never), got {self.val_every}.")
         if self.gradient_clip < 0:

@@ -35,10 +35,10 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30,
     """Train the demo into ``out`` (replacing an earlier demo run there), probe it, and return
     a summary with the linear-probe test accuracy."""
     from selfsup import pipelines
+    from selfsup.rundir import RunFolder
 
     out = Path(out)
-    config_file = out / pipelines.CONFIG_FILE
-    if config_file.exists():
+    if RunFolder(out).is_run():
         earlier = pipelines.load_run_config(out)
         if (earlier.method, earlier.data.name) != (METHOD, DATASET):
             raise RunError(
@@ -56,5 +56,5 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30,
         "train_seconds": round(result.seconds, 2),
         "linear_probe_accuracy": evaluation["accuracy"],
         "run_dir": str(out),
-        "images": str(out / "images"),
+        "images": str(RunFolder(out).image_dir),
     }

@@ -9,16 +9,16 @@ stopped (on CPU, with the same seed).
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
-import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,27 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader
 
 from selfsup.config import RunConfig
 from selfsup.data.base import AnyDataset, DataInfo, ImageDataset
 from selfsup.errors import ConfigError, RunError, SelfsupError
 from selfsup.methods.base import Method
+from selfsup.rundir import (
+    CHECKPOINT_DIR,
+    LAST,
+    PERIODIC,
+    TENSORBOARD_DIR,
+    RunFolder,
+    load_checkpoint,
+    save_atomically,
+)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
+#: The checkpoint reader every command uses (kept under its old name).
+load_checkpoint_file = load_checkpoint
+#: DataInfo of a loaded dataset (kept under its old name).
+data_info = DataInfo.of
 
 # Lightning sets its loggers to INFO when imported: device lines, "Tip" adverts and "fit stopped"
 # notes would fill every run's output. selfsup prints its own summary; warnings still show.
@@ -151,6 +163,30 @@ def make_loader(
 
 
 # ------------------------------------------------------------------------------------ callbacks
+class TrainingAborted(Exception):
+    """A second Ctrl-C (or one before the first step): stop at once, without a checkpoint."""
+
+
+class _Critical:
+    """Code a stop must not cut short (writing a checkpoint): an abort requested inside it is
+    raised when it ends."""
+
+    depth = 0
+    pending = False
+
+    @classmethod
+    @contextmanager
+    def section(cls) -> Iterator[None]:
+        cls.depth += 1
+        try:
+            yield
+        finally:
+            cls.depth -= 1
+        if cls.depth == 0 and cls.pending:
+            cls.pending = False
+            raise TrainingAborted("stopped after the checkpoint being written was complete")
+
+
 class DataPosition(Callback):
     """Counts the batches trained in the current epoch so checkpoints know where to resume."""
 
@@ -166,25 +202,66 @@ class DataPosition(Callback):
             self.loader.consumed += 1
 
 
+class SampleCounter(Callback):
+    """Counts the training samples of this session (all processes): samples/s is samples over
+    wall time, whatever the optimizer steps per batch, the batch clamping or the resume point."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        self.samples += int(images.shape[0]) * trainer.world_size
+
+
 class GracefulStop(Callback):
-    """On SIGINT/SIGTERM: finish the current step, write ``last.ckpt`` and stop cleanly."""
+    """On SIGINT/SIGTERM: finish the current step, write ``last.ckpt`` and stop cleanly.
+
+    A second signal (or one before the first step) raises :class:`TrainingAborted` at once: the
+    step in flight is dropped and the last checkpoint on disk is where a resume starts.
+    """
 
     def __init__(self, checkpoint_dir: Path) -> None:
         self.checkpoint_dir = checkpoint_dir
         self.requested: int | None = None
+        self.started = False
+        self.finishing = False  # training is over: let the session be saved and recorded
+        self.aborting = False  # an abort was requested (whatever exception it surfaces as)
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested is not None:  # a second signal: give up waiting for the step
-            raise KeyboardInterrupt
+        if self.finishing:
+            print("selfsup: stopping: recording the session first.", file=sys.stderr)
+            return
+        if self.requested is not None or not self.started:
+            self.aborting = True
+            for sig, previous in self._previous.items():  # a third signal: the default action
+                signal.signal(sig, previous)
+            if _Critical.depth:
+                _Critical.pending = True
+                return
+            raise TrainingAborted(signum)
         self.requested = signum
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread
                 pass
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
+        for sig in self._previous:  # Lightning installed its own SIGTERM handler meanwhile
+            signal.signal(sig, self._handler)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *a: Any) -> None:
         if self.requested is not None and not trainer.should_stop:
@@ -199,98 +276,137 @@ class GracefulStop(Callback):
                     callback._last_global_step_saved = trainer.global_step
             trainer.should_stop = True
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
-
 
 class RecordCheckpoint(Callback):
-    """Keeps ``Method.last_checkpoint`` current (named in the non-finite-loss error)."""
+    """Keeps ``Method.last_checkpoint`` current (named in the non-finite-loss error) and the
+    step and epoch of the newest checkpoint (what a session that fails or is aborted leaves)."""
 
-    def __init__(self, checkpoint_dir: Path) -> None:
+    def __init__(self, checkpoint_dir: Path, step: int = 0, epoch: int = 0) -> None:
         self.checkpoint_dir = checkpoint_dir
+        self.step = step
+        self.epoch = epoch
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: Any
     ) -> None:
+        batches = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        self.step = trainer.global_step
+        self.epoch = batches // max(1, int(trainer.num_training_batches))  # epochs completed
         if isinstance(pl_module, Method):
             pl_module.last_checkpoint = str(self.checkpoint_dir / LAST)
 
 
-class AtomicCheckpointIO(CheckpointIO):
-    """Writes checkpoints to a temporary file in the same folder, fsyncs, then renames.
+class RunCheckpoints(ModelCheckpoint):
+    """``last.ckpt`` (replaced in place, never ``last-v1.ckpt``) plus periodic checkpoints every
+    ``every`` epochs, of which the newest ``keep`` are kept."""
 
-    A kill at any moment leaves either the previous complete file or the new complete file.
+    def __init__(self, checkpoint_dir: Path, every: int, keep: int) -> None:
+        super().__init__(
+            dirpath=checkpoint_dir,
+            filename=PERIODIC,
+            auto_insert_metric_name=False,
+            every_n_epochs=every,
+            save_top_k=-1 if keep > 0 else 0,
+            save_last=True,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        self.folder = RunFolder(checkpoint_dir.parent)
+        self.keep = keep
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: ``fit`` writes ``last.ckpt`` at the end of a session itself, and after a
+        Ctrl-C Lightning's end-of-training save would overwrite the mid-epoch checkpoint
+        :class:`GracefulStop` wrote with a state whose epoch counts as finished."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            periodic = self.folder.periodic_checkpoints()
+            for old in periodic[: max(0, len(periodic) - self.keep)]:
+                trainer.strategy.remove_checkpoint(old)
+
+
+class AtomicCheckpointIO(CheckpointIO):
+    """Writes checkpoints to a temporary file in the same folder, fsyncs, renames, fsyncs the
+    folder; reads them with the safe loader (:func:`selfsup.rundir.load_checkpoint`).
+
+    Why not Lightning's own atomic save (``TorchCheckpointIO``, lightning 2.6): it buffers the
+    whole checkpoint in memory, writes it to a temporary file in the *system* temp folder and
+    moves it into place without any fsync. When ``/tmp`` is another filesystem the move is a
+    copy (not atomic), and without fsync a machine crash shortly after a save can leave an empty
+    or truncated ``last.ckpt`` behind a completed rename. The fsync is what makes "a kill at any
+    moment leaves the previous or the new complete file" hold across power loss too.
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with _Critical.section():
+            save_atomically(lambda handle: torch.save(checkpoint, handle), Path(path))
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: Any = None
     ) -> dict[str, Any]:
-        return load_checkpoint_file(Path(path), map_location=map_location or "cpu")
+        return load_checkpoint(Path(path), map_location=map_location or "cpu")
 
     def remove_checkpoint(self, path: Any) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def load_checkpoint_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """torch.load with a clear RunError for missing or corrupt files."""
-    if not path.is_file():
-        raise RunError(f"Checkpoint {path} does not exist. Train first, or check the run folder.")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means a corrupt file
-        raise RunError(
-            f"Checkpoint {path} is corrupt or truncated and cannot be read ({type(exc).__name__}). "
-            "Use an earlier checkpoint from the same folder (selfsup keeps periodic ones) or "
-            "retrain."
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise RunError(f"{path} is not a selfsup checkpoint (no model weights in it).")
-    return checkpoint
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but appending to an existing ``metrics.csv`` (a resumed session
+    continues the file instead of deleting it) and keeping its columns."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        try:
+            with open(self.metrics_file_path, newline="") as handle:
+                self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
+        except OSError:
+            self.metrics_keys = []
+
+    def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here
+        pass
+
+
+class AppendingCSVLogger(CSVLogger):
+    """A CSVLogger whose ``metrics.csv`` covers every training session of a run."""
+
+    @property
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 # ---------------------------------------------------------------------------------- run folders
 def check_output_dir(run_dir: Path, needed_bytes: int) -> None:
     """Fail before training when the run folder is unwritable or the disk too full."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"0" * 1024)
-        probe.unlink()
-    except OSError as exc:
-        raise RunError(
-            f"Cannot write to the output folder {run_dir} ({exc.strerror or exc}). Choose a "
-            "writable folder with --out, or fix its permissions."
-        ) from None
+    RunFolder(run_dir).check_writable(
+        "training writes its checkpoints and logs there",
+        "Choose a writable folder with --out, or fix its permissions.",
+    )
     free = shutil.disk_usage(run_dir).free
     if free < needed_bytes:
         raise RunError(
             f"Only {free / 2**20:.0f} MiB are free on the disk holding {run_dir}, but this run "
-            f"needs about {needed_bytes / 2**20:.0f} MiB for its checkpoints and logs. Free some "
-            "space or choose another folder with --out."
+            f"needs about {needed_bytes / 2**20:.0f} MiB for the checkpoints it keeps and its "
+            "logs. Free some space, keep fewer checkpoints (--set trainer.keep_checkpoints=N) or "
+            "choose another folder with --out."
         )
 
 
 def checkpoint_bytes(module: torch.nn.Module) -> int:
     """Rough size of one checkpoint: weights plus two optimizer moments."""
     return 3 * sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def needed_bytes(module: torch.nn.Module, keep_checkpoints: int) -> int:
+    """Disk space a run needs: the periodic checkpoints it keeps, ``last.ckpt``, the temporary
+    copy an atomic save writes before renaming, and 10 MiB of logs."""
+    return (keep_checkpoints + 2) * checkpoint_bytes(module) + 10 * 2**20
 
 
 @dataclass
@@ -302,36 +418,41 @@ class TrainResult:
     seconds: float
     samples_per_second: float
     interrupted: bool
+    start_step: int = 0
+    samples: int = 0
+    aborted: bool = False
 
 
 def build_trainer(
-    config: RunConfig, run_dir: Path, loader: Any, extra_callbacks: list[Callback]
+    config: RunConfig,
+    run_dir: Path,
+    loader: Any,
+    extra_callbacks: list[Callback],
+    resume_step: int | None = None,
 ) -> L.Trainer:
-    """A Lightning Trainer configured from ``config.trainer`` writing into ``run_dir``."""
+    """A Lightning Trainer configured from ``config.trainer`` writing into ``run_dir``.
+
+    ``resume_step``: the logging step of the checkpoint a resume starts from; TensorBoard hides
+    the events a killed session logged after it.
+    """
     tcfg = config.trainer
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    periodic = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="epoch={epoch:04d}",
-        auto_insert_metric_name=False,
-        every_n_epochs=tcfg.checkpoint_every,
-        save_top_k=-1,
-        save_last=True,
-        save_on_train_epoch_end=True,
-    )
     callbacks: list[Callback] = [
         DataPosition(loader),
         RecordCheckpoint(ckpt_dir),
         GracefulStop(ckpt_dir),
+        SampleCounter(),
         *extra_callbacks,
-        periodic,
+        RunCheckpoints(ckpt_dir, tcfg.checkpoint_every, tcfg.keep_checkpoints),
     ]
     if tcfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, len(loader) // 10 or 1))))
+    tensorboard: dict[str, Any] = {} if resume_step is None else {"purge_step": resume_step}
     loggers = [
-        CSVLogger(save_dir=str(run_dir), name="", version=""),
+        AppendingCSVLogger(save_dir=str(run_dir), name="", version=""),
         TensorBoardLogger(
-            save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+            save_dir=str(run_dir), name=TENSORBOARD_DIR, version="", default_hp_metric=False,
+            **tensorboard,
         ),
     ]
     accelerator = "gpu" if tcfg.accelerator == "cuda" else tcfg.accelerator
@@ -390,6 +511,67 @@ def build_trainer(
         )
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a checkpoint stands: optimizer steps, batches trained, and the logging step."""
+
+    global_step: int
+    batches: int
+    log_step: int
+
+    @classmethod
+    def of(cls, checkpoint: dict[str, Any]) -> Position:
+        step = int(checkpoint.get("global_step", 0))
+        loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        try:  # a save from on_train_batch_end counts its batch as processed, not yet completed
+            total = loop["epoch_loop.batch_progress"]["total"]
+            batches, pending = int(total["processed"]), int(total["processed"] - total["completed"])
+        except (KeyError, TypeError, ValueError):
+            batches, pending = step, 0
+        try:  # Lightning adds the pending batch when it restarts from such a checkpoint
+            log_step = int(loop["epoch_loop.state_dict"]["_batches_that_stepped"]) + pending
+        except (KeyError, TypeError, ValueError):
+            log_step = batches
+        return cls(step, batches, log_step)
+
+
+def check_work_left(config: RunConfig, position: Position, steps_per_epoch: int,
+                    run_dir: Path) -> None:
+    """RunError when a resume from ``position`` would train nothing (the budget is spent)."""
+    tcfg = config.trainer
+    epochs_done = position.batches / max(1, steps_per_epoch)
+    by_epochs = epochs_done >= tcfg.epochs
+    by_steps = tcfg.max_steps > 0 and position.global_step >= tcfg.max_steps
+    if not (by_epochs or by_steps):
+        return
+    reached = []
+    if by_epochs:
+        reached.append(f"trainer.epochs={tcfg.epochs}")
+    if by_steps:
+        reached.append(f"trainer.max_steps={tcfg.max_steps}")
+    raise RunError(
+        f"The run {run_dir} has already trained its budget ({position.global_step} steps, "
+        f"{epochs_done:g} epochs of {steps_per_epoch} batches; it reached "
+        f"{' and '.join(reached)}), so a resume would train nothing. To train further, raise "
+        f"the limit it reached: `selfsup train --resume {run_dir} --epochs N` with N > "
+        f"{math.floor(epochs_done)}"
+        + (
+            f" together with --set trainer.max_steps=M (M > {position.global_step}, or -1 to "
+            "let the epochs decide)"
+            if by_steps else ""
+        )
+        + "."
+    )
+
+
+def steps_per_epoch(train_set: AnyDataset, config: RunConfig) -> int:
+    """Batches per epoch of ``train_set`` with the run's batch size (what ``fit`` will train)."""
+    return len(
+        make_loader(train_set, config.data.batch_size, config.seed, True, 0,
+                    config.trainer.devices)
+    )
+
+
 def fit(
     method: Method,
     train_set: AnyDataset,
@@ -397,13 +579,24 @@ def fit(
     run_dir: Path,
     resume: bool = False,
     extra_callbacks: list[Callback] | None = None,
+    before_training: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train ``method`` on ``train_set`` writing checkpoints and logs to ``run_dir``."""
+    """Train ``method`` on ``train_set`` writing checkpoints and logs to ``run_dir``.
+
+    With ``resume`` the session continues from ``checkpoints/last.ckpt`` (loaded safely), after
+    checking that there is something left to train; ``metrics.csv`` and TensorBoard continue
+    from the checkpoint's step. ``before_training`` runs once all checks have passed.
+
+    Every session that leaves a checkpoint is recorded in ``training.json`` (also one that
+    fails, with its error). A second Ctrl-C returns a result with ``aborted`` set (the last
+    checkpoint on disk is where a resume starts).
+    """
     config = method.config
     tcfg = config.trainer
+    folder = RunFolder(run_dir)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
-    check_output_dir(run_dir, needed_bytes=4 * checkpoint_bytes(method) + 10 * 2**20)
+    check_output_dir(run_dir, needed_bytes(method, tcfg.keep_checkpoints))
     n_train = len(train_set)  # type: ignore[arg-type]
     if config.data.batch_size > n_train:
         raise ConfigError(
@@ -419,6 +612,11 @@ def fit(
             f"The training set has {len(train_set)} samples, fewer than one batch of "
             f"{config.data.batch_size}. Lower --batch-size."
         )
+    position = Position(0, 0, 0)
+    if resume:
+        position = Position.of(load_checkpoint(folder.last_checkpoint))  # refuses unsafe files
+        check_work_left(config, position, len(loader), run_dir)
+        method.last_checkpoint = str(folder.last_checkpoint)
     val_loader = None
     if (
         val_set is not None
@@ -448,7 +646,8 @@ def fit(
 
         shown = val_set if val_set is not None else train_set
         callbacks.append(RunPlots(run_dir, shown, tcfg.plot_every, tcfg.embedding_plot))
-    trainer = build_trainer(config, run_dir, loader, callbacks)
+    trainer = build_trainer(config, run_dir, loader, callbacks,
+                            resume_step=position.log_step if resume else None)
     method.steps_per_epoch = len(loader)
     device = trainer.strategy.root_device
     if isinstance(loader, InMemoryBatches) and config.data.on_device and device.type == "cuda":
@@ -464,52 +663,65 @@ def fit(
                 "choose this yourself.",
                 file=sys.stderr,
             )
-    ckpt_path = run_dir / CHECKPOINT_DIR / LAST if resume else None
-    if ckpt_path is not None:
-        load_checkpoint_file(ckpt_path)  # clear error for a corrupt file before Lightning sees it
-        method.last_checkpoint = str(ckpt_path)
-    start_step = 0
+    if before_training is not None:
+        before_training()
+    if resume and trainer.is_global_zero:
+        folder.truncate_metrics(position.log_step)  # rows a killed session logged after it
+    saved = next(c for c in trainer.callbacks if isinstance(c, RecordCheckpoint))
+    saved.step, saved.epoch = position.global_step, position.batches // len(loader)
+    stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
+    counter = next(c for c in trainer.callbacks if isinstance(c, SampleCounter))
+    aborted = False
+    error: BaseException | None = None
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*sync_dist.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")  # we append
-        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not")
-        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-        trainer.fit(
-            method,
-            train_dataloaders=loader,
-            val_dataloaders=val_loader,
-            ckpt_path=str(ckpt_path) if ckpt_path else None,
+    stop.install()
+    try:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*sync_dist.*")
+                warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+                warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+                warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+                warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists.*")
+                trainer.fit(
+                    method,
+                    train_dataloaders=loader,
+                    val_dataloaders=val_loader,
+                    ckpt_path=str(folder.last_checkpoint) if resume else None,
+                )
+        except TrainingAborted:
+            aborted = True
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the session is recorded
+            if stop.aborting:  # the abort surfaced as another error (e.g. inside a library)
+                aborted = True
+            else:
+                error = exc
+        stop.finishing = True  # a Ctrl-C from here on waits for the session to be recorded
+        seconds = time.perf_counter() - started
+        interrupted = aborted or stop.requested is not None
+        last = folder.last_checkpoint
+        if not interrupted and error is None:
+            trainer.save_checkpoint(last, weights_only=False)  # a collective under DDP
+        lost = aborted or error is not None  # the steps after the newest checkpoint are not kept
+        result = TrainResult(
+            run_dir=run_dir,
+            last_checkpoint=last,
+            global_step=saved.step if lost else trainer.global_step,
+            epochs=saved.epoch if lost else trainer.current_epoch,
+            seconds=seconds,
+            samples_per_second=counter.samples / max(seconds, 1e-9),
+            interrupted=interrupted,
+            start_step=position.global_step,
+            samples=counter.samples,
+            aborted=aborted,
         )
-    seconds = time.perf_counter() - started
-    interrupted = any(
-        isinstance(c, GracefulStop) and c.requested is not None for c in trainer.callbacks
-    )
-    last = run_dir / CHECKPOINT_DIR / LAST
-    if not interrupted:
-        trainer.save_checkpoint(last, weights_only=False)  # a collective under DDP: rank 0 writes
-    steps = trainer.global_step - start_step
-    return TrainResult(
-        run_dir=run_dir,
-        last_checkpoint=last,
-        global_step=trainer.global_step,
-        epochs=trainer.current_epoch,
-        seconds=seconds,
-        samples_per_second=steps * config.data.batch_size / max(seconds, 1e-9),
-        interrupted=interrupted,
-    )
-
-
-def data_info(dataset: AnyDataset) -> DataInfo:
-    """The facts about a dataset a method needs to build its networks."""
-    has_labels = (
-        dataset.has_labels if isinstance(dataset, ImageDataset) else dataset.num_classes > 0
-    )
-    return DataInfo(
-        name=dataset.name,
-        image_shape=tuple(dataset.image_shape),  # type: ignore[arg-type]
-        num_classes=dataset.num_classes,
-        has_labels=has_labels,
-    )
+        if trainer.is_global_zero and folder.has_checkpoint():  # a failed start keeps nothing
+            folder.record_session(
+                result, error=None if error is None else f"{type(error).__name__}: {error}"
+            )
+    finally:
+        stop.restore()
+    if error is not None:
+        raise error
+    return result

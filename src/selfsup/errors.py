@@ -28,3 +28,9 @@ class RunError(SelfsupError):
 
 class NonFiniteLossError(SelfsupError):
     """A loss term became NaN or Inf during training."""
+
+
+class TrainingStopped(SelfsupError):
+    """Training stopped by the user (Ctrl-C) before anything could be saved."""
+
+    exit_code = 130

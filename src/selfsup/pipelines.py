@@ -1,11 +1,13 @@
 """Pipelines: resolve a config, train or resume a run, load a finished run, evaluate it.
 
-These are the library's entry points; ``cli.py`` only parses arguments and calls them.
+These are the library's entry points; ``cli.py`` only parses arguments and calls them. The run
+folder's layout and files belong to :mod:`selfsup.rundir`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,38 +15,24 @@ from typing import Any
 
 import torch
 
-from selfsup.config import RunConfig, config_from_dict, load_yaml, preset_path, resolve_config
+from selfsup.config import RunConfig, load_yaml, preset_path, resolve_config
 from selfsup.data import dataset_spec, load_dataset
 from selfsup.data.augment import resolve_normalization
 from selfsup.data.base import AnyDataset, DataInfo, ImageDataset
 from selfsup.engine import (
-    CHECKPOINT_DIR,
-    LAST,
     TrainResult,
     check_output_dir,
-    data_info,
     fit,
-    load_checkpoint_file,
 )
-from selfsup.errors import ConfigError, RunError
+from selfsup.errors import ConfigError, RunError, TrainingStopped
 from selfsup.methods import method_class
 from selfsup.methods.base import Method
+from selfsup.rundir import CONFIG_FILE, RunFolder, load_checkpoint
 
-CONFIG_FILE = "config.yaml"
+__all__ = ["CONFIG_FILE"]  # re-exported: older callers check `run_dir / pipelines.CONFIG_FILE`
 
 
 # ----------------------------------------------------------------------------------- configs
-def _spec_info(dataset: str, image_size: int) -> DataInfo:
-    spec = dataset_spec(dataset)
-    shape = spec.image_shape or (3, image_size, image_size)
-    return DataInfo(
-        name=dataset,
-        image_shape=tuple(shape),
-        num_classes=spec.num_classes,
-        has_labels=spec.num_classes > 0,
-    )
-
-
 def build_config(
     method: str,
     dataset: str | None = None,
@@ -82,7 +70,7 @@ def build_config(
         or file_layer.get("data", {}).get("image_size")
         or 64
     )
-    method_defaults = cls.default_config(_spec_info(name, image_size))
+    method_defaults = cls.default_config(DataInfo.from_spec(dataset_spec(name), image_size))
     layers: list[tuple[str, dict[str, Any]]] = [(f"the defaults of {method} for {name}",
                                                   method_defaults)]
     dataset_augment = dataset_spec(name).extra.get("augment")
@@ -98,6 +86,79 @@ def build_config(
     if set_layer:
         layers.append(("the --set overrides", set_layer))
     return resolve_config(method, cls.config_class, layers)
+
+
+#: Config keys a resume may change, and why that is safe: where the data is, how long to train,
+#: and how the session is run, shown and checkpointed. Any other key would change what the run
+#: computes (its model, data, optimisation or randomness), so a resume refuses it.
+RESUME_KEYS: dict[str, str] = {
+    "trainer.epochs": "extends (or shortens) the run",
+    "trainer.max_steps": "extends (or shortens) the run",
+    "data.dir": "the same dataset, found in another folder",
+    "data.download": "fetch missing dataset files",
+    "data.num_workers": "loader processes for streamed datasets",
+    "data.on_device": "where the in-memory images are kept",
+    "trainer.accelerator": "continue on another kind of device",
+    "trainer.num_threads": "CPU threads",
+    "trainer.progress_bar": "display only",
+    "trainer.log_every": "logging frequency",
+    "trainer.plots": "figures",
+    "trainer.plot_every": "figures",
+    "trainer.embedding_plot": "figures",
+    "trainer.checkpoint_every": "checkpoint frequency",
+    "trainer.keep_checkpoints": "checkpoints kept",
+    "trainer.val_every": "validation frequency",
+    "trainer.check_finite": "the non-finite-loss guard",
+}
+
+
+def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def resume_changes(
+    config: RunConfig, sets: list[str], given_as: dict[str, str] | None = None
+) -> tuple[RunConfig, dict[str, dict[str, Any]]]:
+    """Apply ``sets`` (``key=value``) to a saved run config for a resume.
+
+    Returns the new config and ``{key: {"from": old, "to": new}}`` for the values that changed.
+    Keys outside :data:`RESUME_KEYS` are refused (ConfigError naming each, and how it was given).
+    """
+    from selfsup.config import parse_overrides
+
+    layer = parse_overrides(sets)
+    flat = _flatten(layer)
+    refused = [k for k in flat if k not in RESUME_KEYS]
+    if refused:
+        names = ", ".join(
+            f"{k} ({given_as[k]})" if given_as and k in given_as else k for k in refused
+        )
+        raise ConfigError(
+            f"--resume continues a run with its saved configuration, so {names} cannot be "
+            "changed: it would change what the run computes and the resumed run would no longer "
+            "be the same run. Start a new run with the new value instead (`selfsup train METHOD "
+            "... --out NEW_DIR`). A resume may change only: "
+            + ", ".join(sorted(RESUME_KEYS)) + "."
+        )
+    new = resolve_config(
+        config.method,
+        type(config.model),
+        [("the run's config.yaml", config.to_dict()), ("the options given with --resume", layer)],
+    )
+    old_flat, new_flat = _flatten(config.to_dict()), _flatten(new.to_dict())
+    changes = {
+        k: {"from": old_flat.get(k), "to": new_flat.get(k)}
+        for k in flat
+        if old_flat.get(k) != new_flat.get(k)
+    }
+    return new, changes
 
 
 # ------------------------------------------------------------------------------------ datasets
@@ -133,48 +194,115 @@ def default_run_dir(config: RunConfig) -> Path:
 
 
 def train(config: RunConfig, run_dir: str | Path | None = None) -> tuple[Method, TrainResult]:
-    """Train a new run into ``run_dir`` (which must not already hold a run)."""
-    run_dir = Path(run_dir) if run_dir else default_run_dir(config)
+    """Train a new run into ``run_dir``.
+
+    The folder must be new, empty, or left by a run that stopped before its first checkpoint
+    (reused). A start that fails before the first checkpoint leaves nothing behind: the files it
+    wrote are removed again (and the folder, when this call created it).
+    """
+    folder = RunFolder(run_dir or default_run_dir(config))
     worker = is_launched_worker()
-    if (run_dir / CONFIG_FILE).exists() and not worker:
-        raise RunError(
-            f"{run_dir} already holds a run. Continue it with `selfsup train --resume {run_dir}`, "
-            "or choose a new folder with --out."
-        )
-    check_output_dir(run_dir, needed_bytes=10 * 2**20)  # fail before loading data or training
-    torch.manual_seed(config.seed)
-    train_set = load_split(config, train_split_name(config))
-    test_set = _optional_test_split(config)
-    resolve_normalization(config.augment, train_set)  # normalize_stats=train: saved in config
-    method = method_class(config.method)(config, data_info(train_set))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = not folder.path.exists()
     if not worker:
-        config.save(run_dir / CONFIG_FILE)  # after the method resolved its "auto" choices
-    result = fit(method, train_set, test_set, run_dir)
-    _finish(method, test_set or train_set, run_dir, result)
+        note = folder.prepare_new()
+        if note:
+            print(f"selfsup: note: {note}", file=sys.stderr)
+    try:
+        check_output_dir(folder.path, needed_bytes=10 * 2**20)  # before loading data or training
+        torch.manual_seed(config.seed)
+        train_set = load_split(config, train_split_name(config))
+        test_set = _optional_test_split(config)
+        resolve_normalization(config.augment, train_set)  # normalize_stats=train: saved in config
+
+        method = method_class(config.method)(config, DataInfo.of(train_set))
+
+        def save_config() -> None:  # after the method resolved its "auto" choices
+            if not worker:
+                folder.save_config(config)
+
+        result = _session(folder, method, train_set, test_set, False, save_config)
+    except BaseException:
+        if not worker and not folder.has_checkpoint():
+            folder.remove_run_files(remove_folder=created)
+        raise
     return method, result
 
 
-def resume(run_dir: str | Path, epochs: int | None = None) -> tuple[Method, TrainResult]:
-    """Continue a run from ``checkpoints/last.ckpt``; ``epochs`` may extend its budget."""
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    if epochs is not None:
-        config.trainer.epochs = epochs
-        config.validate()
-        if not is_launched_worker():
-            config.save(run_dir / CONFIG_FILE)
-    if not (run_dir / CHECKPOINT_DIR / LAST).is_file():
+def resume(
+    run_dir: str | Path,
+    epochs: int | None = None,
+    sets: list[str] | None = None,
+    *,
+    given_as: dict[str, str] | None = None,
+    progress_bar: bool | None = None,
+) -> tuple[Method, TrainResult]:
+    """Continue a run from ``checkpoints/last.ckpt``.
+
+    ``epochs`` and ``sets`` (``key=value``) may change the keys of :data:`RESUME_KEYS` (e.g.
+    ``trainer.epochs`` or ``trainer.max_steps`` to extend the run, ``data.dir`` when the data
+    moved); the new values are saved in ``config.yaml`` and each change is recorded in
+    ``training.json`` (``config_history``). Other keys are refused. ``progress_bar`` only affects
+    this session's display.
+    """
+    folder = RunFolder(run_dir)
+    config = folder.load_config()
+    if not folder.last_checkpoint.is_file():
+        periodic = folder.periodic_checkpoints()
+        if periodic:
+            raise RunError(
+                f"{folder.last_checkpoint} is missing, but {periodic[-1].name} is there: copy it "
+                f"to {folder.last_checkpoint} to resume from that epoch."
+            )
         raise RunError(
-            f"{run_dir} has no checkpoint to resume from ({CHECKPOINT_DIR}/{LAST} is missing): "
-            "the run stopped before its first checkpoint. Start it again with `selfsup train`."
+            f"{folder.path} holds no checkpoint: that run stopped before its first one, so there "
+            f"is nothing to resume. Start it again with `selfsup train {config.method} --dataset "
+            f"{config.data.name} ... --out {folder.path}` (a folder like this one is reused)."
         )
+    worker = is_launched_worker()
+    if not worker:
+        folder.check_writable(
+            "resuming a run writes its checkpoints, logs and figures into its folder",
+            f"Nothing was changed. Make the folder writable (e.g. `chmod -R u+w {folder.path}`) "
+            f"or copy it and resume the copy (`cp -r {folder.path} COPY && selfsup train "
+            "--resume COPY`).",
+        )
+    items = list(sets or []) + ([f"trainer.epochs={epochs}"] if epochs is not None else [])
+    config, changes = resume_changes(config, items, given_as)
+    if progress_bar is not None:
+        config.trainer.progress_bar = progress_bar
     train_set = load_split(config, train_split_name(config))
     test_set = _optional_test_split(config)
-    method = method_class(config.method)(config, data_info(train_set))
-    result = fit(method, train_set, test_set, run_dir, resume=True)
-    _finish(method, test_set or train_set, run_dir, result)
+    method = method_class(config.method)(config, DataInfo.of(train_set))
+
+    def save_changes() -> None:
+        if changes and not worker:
+            saved = folder.load_config()  # the saved display settings stay as they were
+            saved, _ = resume_changes(saved, items)
+            folder.save_config(saved)
+            folder.record_config_change(changes)
+
+    result = _session(folder, method, train_set, test_set, True, save_changes)
     return method, result
+
+
+def _session(
+    folder: RunFolder,
+    method: Method,
+    train_set: AnyDataset,
+    test_set: AnyDataset | None,
+    resume: bool,
+    before_training: Any,
+) -> TrainResult:
+    """One training session (``fit`` records it in ``training.json``); a stop before the first
+    checkpoint is a :class:`TrainingStopped` (the caller removes the folder)."""
+    result = fit(method, train_set, test_set, folder.path, resume=resume,
+                 before_training=before_training)
+    if result.aborted and not folder.has_checkpoint():
+        raise TrainingStopped(
+            "Training was stopped (Ctrl-C) before its first checkpoint, so there is nothing to "
+            f"resume; the run folder {folder.path} was removed. Start the run again to train it."
+        )
+    return result
 
 
 def _optional_test_split(config: RunConfig) -> AnyDataset | None:
@@ -184,77 +312,42 @@ def _optional_test_split(config: RunConfig) -> AnyDataset | None:
     return load_split(config, spec.test_split)
 
 
-def _finish(method: Method, dataset: AnyDataset, run_dir: Path, result: TrainResult) -> None:
-    """End-of-run artefacts: the session's wall time and steps (``training.json``, read by
-    ``selfsup report``) and image grids for generative models (when the figures callback,
-    :class:`selfsup.callbacks.RunPlots`, did not already write them)."""
-    if not is_launched_worker():
-        from selfsup.report import record_training
-
-        record_training(run_dir, result)
-    if (
-        (run_dir / "images" / "reconstructions.png").is_file()
-        or not method.config.trainer.plots
-        or not isinstance(dataset, ImageDataset)
-        or (is_launched_worker())
-    ):
-        return
-    from selfsup.plots import save_generative_grids
-
-    if method.generative:
-        save_generative_grids(method, dataset, run_dir / "images")
-
-
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir} is not a selfsup run folder ({CONFIG_FILE} is missing). Pass the folder "
-            "that `selfsup train --out` wrote."
-        )
-    content = load_yaml(path)
-    method = content.get("method")
-    if not isinstance(method, str):
-        raise RunError(f"{path} has no `method:` entry; it is not a selfsup run config.")
-    try:
-        return config_from_dict(content, method_class(method).config_class, str(path))
-    except ConfigError as exc:
-        raise RunError(f"The run config {path} is invalid: {exc}") from None
+    """The validated config of a run folder."""
+    return RunFolder(run_dir).load_config()
 
 
 def load_run(
     run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | Path | None = None
 ) -> Method:
-    """The trained method of a run folder, in eval mode on ``device``."""
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    path = Path(checkpoint) if checkpoint else run_dir / CHECKPOINT_DIR / LAST
-    ckpt = load_checkpoint_file(path)
+    """The trained method of a run folder, in eval mode on ``device``.
+
+    The checkpoint is read without unpickling arbitrary objects and mapped to the CPU first, so a
+    run trained on a GPU loads anywhere (:func:`selfsup.rundir.load_checkpoint`).
+    """
+    folder = RunFolder(run_dir)
+    config = folder.load_config()
+    path = Path(checkpoint) if checkpoint else folder.last_checkpoint
+    ckpt = load_checkpoint(path)
     meta = ckpt.get("selfsup", {})
     if meta.get("method") not in (None, config.method):
         raise RunError(
             f"Checkpoint {path} was written by method {meta.get('method')!r}, but the run folder "
-            f"{run_dir} is a {config.method!r} run. Use the checkpoint that belongs to this run."
+            f"{folder.path} is a {config.method!r} run. Use the checkpoint that belongs to this "
+            "run."
         )
     info_dict = meta.get("data_info")
     if info_dict:
-        info = DataInfo(
-            info_dict["name"],
-            tuple(info_dict["image_shape"]),
-            int(info_dict["num_classes"]),
-            bool(info_dict["has_labels"]),
-        )
+        info = DataInfo.from_dict(info_dict)
     else:
-        spec = dataset_spec(config.data.name)
-        info = _spec_info(spec.name, config.data.image_size)
+        info = DataInfo.from_spec(dataset_spec(config.data.name), config.data.image_size)
     method = method_class(config.method)(config, info)
     try:
         method.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise RunError(
             f"Checkpoint {path} does not fit the {config.method} model described by "
-            f"{run_dir / CONFIG_FILE} ({str(exc).splitlines()[0]}). The checkpoint belongs to "
+            f"{folder.config_file} ({str(exc).splitlines()[0]}). The checkpoint belongs to "
             "another run or configuration."
         ) from None
     return method.to(device).eval()
@@ -291,18 +384,21 @@ def run_features(
     data_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 512,
+    train_max: int = 0,
 ) -> Features:
-    """Frozen representations of the train and test splits (labeled samples only)."""
-    from selfsup.evaluate import extract_features
+    """Frozen representations of the train and test splits (labeled samples only).
+
+    ``train_max`` > 0 keeps at most that many training samples (a subset seeded by the run's seed).
+    """
+    from selfsup.evaluate.features import frozen_features
 
     train_set, test_set = labeled_splits(method.config, data_dir)
-    was_training = method.training
-    method.eval()  # frozen encoder: batch norm uses its running statistics and keeps them
-    try:
-        train_x, train_y = extract_features(method.represent, train_set, batch_size, device)
-        test_x, test_y = extract_features(method.represent, test_set, batch_size, device)
-    finally:
-        method.train(was_training)
+    if train_max > 0 and isinstance(train_set, ImageDataset) and len(train_set) > train_max:
+        gen = torch.Generator().manual_seed(method.config.seed)
+        idx = torch.randperm(len(train_set), generator=gen)[:train_max].sort().values
+        train_set = train_set.subset(idx)
+    train_x, train_y = frozen_features(method, train_set, batch_size, device)
+    test_x, test_y = frozen_features(method, test_set, batch_size, device)
     return Features(train_x, train_y, test_x, test_y)
 
 

@@ -18,6 +18,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from selfsup.data.base import ImageDataset
+from selfsup.rundir import IMAGE_DIR  # noqa: F401 - re-exported: figures live in RUN_DIR/images
 
 
 def _grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
@@ -59,7 +60,6 @@ def save_generative_grids(
 # Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas directly: no pyplot, no
 # global backend state, safe inside training processes without a display.
 
-IMAGE_DIR = "images"
 LOSS_CURVES = "loss_curves.png"
 PROBE_CURVE = "online_probe.png"
 EMBEDDING = "embedding.png"
@@ -360,7 +360,7 @@ def factor_scores_table(scores: dict[str, Any] | str | Path) -> dict[str, dict[s
     """Normalise a factor-evaluation result to ``{split: {factor: score}}``.
 
     Accepts that mapping itself, a path to a JSON file holding it, the result of
-    ``selfsup eval factors`` (``RUN_DIR/eval_factors.json``: a ``results`` list with one row per
+    ``selfsup eval factors`` (``RUN_DIR/eval/factors.json``: a ``results`` list with one row per
     (representation, factor) holding ``factor``, ``representation``, ``metric`` and a score per
     split), or a dict with the mapping under ``"scores"``; a score may be a number or a dict
     holding one of ``score``, ``accuracy``, ``r2`` or ``value``.

@@ -1,9 +1,10 @@
 """``selfsup report``: one page comparing runs (self-contained HTML, or a Markdown table).
 
 A run folder tells everything the report shows: ``config.yaml`` (method, dataset, budget),
-``training.json`` (wall time and steps of each training session, written by
-:func:`record_training`), ``eval/*.json`` (every evaluation saved by ``selfsup eval`` or
-``selfsup compare``, see :func:`save_evaluation`) and the figures in ``images/``. The HTML page
+``training.json`` (wall time and steps of each training session), ``eval/*.json`` (every
+evaluation saved by ``selfsup eval`` or ``selfsup compare``) and the figures in ``images/``, all
+read through :class:`selfsup.rundir.RunFolder`. Several folders (e.g. ``runs/*``) skip those
+that hold no trained run, with a note. The HTML page
 embeds the figures as base64 ``data:`` URIs and its CSS inline, so it opens anywhere without
 network access; every figure links to its file in the run folder.
 """
@@ -16,17 +17,22 @@ import html
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from selfsup.errors import ConfigError, RunError
 
-EVAL_DIR = "eval"
-TRAINING_FILE = "training.json"
+# The run folder's files are read and written by selfsup.rundir; these names stay importable here.
+from selfsup.rundir import (  # noqa: F401
+    EVAL_DIR,
+    TRAINING_FILE,
+    RunFolder,
+    eval_name,
+    record_training,
+    save_evaluation,
+)
+
 FORMATS = ("html", "md")
 FIGURE_ORDER = (
     "loss_curves",
@@ -40,52 +46,6 @@ FIGURE_ORDER = (
 FIGURE_CLASS = {"loss_curves": "wide", "reconstructions": "grid", "samples": "grid"}
 #: Headline keys shown in the comparison table (others stay in the per-run details).
 HEADLINE_KEYS = ("accuracy", "cluster_accuracy", "nmi", "ari")
-
-
-# ----------------------------------------------------------------------------- run folder I/O
-def _write_json(path: Path, content: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(content, handle, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
-
-
-def eval_name(probe: str, options: dict[str, Any] | None = None) -> str:
-    """File stem of an evaluation: the probe, plus the linear protocol when not L-BFGS."""
-    protocol = (options or {}).get("protocol", "lbfgs")
-    return f"{probe}-{protocol}" if probe == "linear" and protocol != "lbfgs" else probe
-
-
-def save_evaluation(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
-    """Write ``result`` to ``RUN_DIR/eval/<name>.json`` (replacing an earlier one)."""
-    return _write_json(Path(run_dir) / EVAL_DIR / f"{name}.json", result)
-
-
-def record_training(run_dir: str | Path, result: Any) -> Path:
-    """Append one training session (wall seconds, steps, epochs) to ``RUN_DIR/training.json``."""
-    path = Path(run_dir) / TRAINING_FILE
-    content: dict[str, Any] = {"sessions": []}
-    if path.is_file():
-        try:
-            content = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            content = {"sessions": []}
-    content.setdefault("sessions", []).append(
-        {
-            "seconds": round(float(result.seconds), 3),
-            "global_step": int(result.global_step),
-            "epochs": int(result.epochs),
-            "samples_per_second": round(float(result.samples_per_second), 1),
-            "interrupted": bool(result.interrupted),
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-    )
-    content["seconds"] = round(sum(s["seconds"] for s in content["sessions"]), 3)
-    content["global_step"] = content["sessions"][-1]["global_step"]
-    content["epochs"] = content["sessions"][-1]["epochs"]
-    return _write_json(path, content)
 
 
 @dataclass
@@ -130,53 +90,32 @@ class RunSummary:
 
 def summarize_run(run_dir: str | Path) -> RunSummary:
     """Read a run folder; a folder without ``config.yaml`` is a RunError."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise RunError(
-            f"{run_dir} is not a selfsup run folder (config.yaml is missing). Pass folders written "
-            "by `selfsup train --out` or `selfsup compare`."
-        )
-    try:
-        config = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RunError(
-            f"{config_path} is not valid YAML ({exc}); the run folder is damaged."
-        ) from None
+    folder = RunFolder(run_dir)
+    config = folder.read_config_dict()
     trainer = config.get("trainer", {}) or {}
+    data = config.get("data", {}) or {}
     summary = RunSummary(
-        run_dir=run_dir,
+        run_dir=folder.path,
         method=str(config.get("method", "?")),
-        dataset=str((config.get("data", {}) or {}).get("name", "?")),
+        dataset=str(data.get("name", "?")),
         epochs=int(trainer.get("epochs", 0) or 0),
         max_steps=int(trainer.get("max_steps", -1) or -1),
-        batch_size=int((config.get("data", {}) or {}).get("batch_size", 0) or 0),
+        batch_size=int(data.get("batch_size", 0) or 0),
     )
-    training = run_dir / TRAINING_FILE
-    if training.is_file():
-        try:
-            info = json.loads(training.read_text())
-            summary.seconds = float(info["seconds"])
-            summary.steps_done = int(info["global_step"])
-            summary.epochs_done = int(info["epochs"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    eval_files = sorted((run_dir / EVAL_DIR).glob("*.json"))
-    eval_files += sorted(run_dir.glob("eval_*.json"))  # e.g. eval_factors.json
-    for path in eval_files:
-        name = path.stem[len("eval_") :] if path.parent == run_dir else path.stem
-        try:
-            content = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(content, dict):
-            summary.evals[name] = content
-    summary.figures = _figures(run_dir, summary.evals)
+    training = folder.read_training()
+    try:
+        summary.seconds = float(training["seconds"])
+        summary.steps_done = int(training["global_step"])
+        summary.epochs_done = int(training["epochs"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    summary.evals = folder.read_evaluations()
+    summary.figures = _figures(folder, summary.evals)
     return summary
 
 
-def _figures(run_dir: Path, evals: dict[str, dict[str, Any]]) -> dict[str, Path]:
-    images = run_dir / "images"
+def _figures(folder: RunFolder, evals: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    images = folder.image_dir
     for name, result in evals.items():  # factor evaluations get their bar chart here
         target = images / f"{name.replace('factors', 'factor_scores')}.png"
         if name.startswith("factors"):
@@ -190,6 +129,30 @@ def _figures(run_dir: Path, evals: dict[str, dict[str, Any]]) -> dict[str, Path]
     ordered = {k: found.pop(k) for k in FIGURE_ORDER if k in found}
     ordered.update(found)
     return ordered
+
+
+def reportable(run_dirs: list[str | Path], note: Any = None) -> list[Path]:
+    """The folders among ``run_dirs`` that hold a trained run; each one skipped is named in a
+    note (``note(message)``, default: stderr), e.g. an empty folder matched by ``runs/*``."""
+    import sys
+
+    kept = []
+    for run_dir in run_dirs:
+        folder = RunFolder(run_dir)
+        if folder.is_run() and folder.has_checkpoint():
+            kept.append(folder.path)
+            continue
+        why = (
+            "is not a folder" if not folder.path.is_dir()
+            else "holds no run (no config.yaml)" if not folder.is_run()
+            else "holds a run that stopped before its first checkpoint"
+        )
+        message = f"selfsup report: note: skipping {folder.path}: it {why}."
+        if note is None:
+            print(message, file=sys.stderr)
+        else:
+            note(message)
+    return kept
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -387,7 +350,13 @@ def write_report(
         raise ConfigError(f"Unknown report format {fmt!r}; use html or md.")
     if not run_dirs:
         raise ConfigError("Name at least one run folder, e.g. `selfsup report runs/vae-mnist`.")
-    summaries = [summarize_run(d) for d in run_dirs]
+    kept = reportable(run_dirs) if len(run_dirs) > 1 else [Path(d) for d in run_dirs]
+    if not kept:
+        raise RunError(
+            "None of the folders given holds a trained run (see the notes above). Pass folders "
+            "written by `selfsup train --out` or `selfsup compare`."
+        )
+    summaries = [summarize_run(d) for d in kept]
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -132,9 +132,42 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a method needs to know about its training data to build its networks."""
+    """What a method needs to know about its training data to build its networks.
+
+    Built from a loaded dataset (:meth:`of`) or from a dataset's spec (:meth:`from_spec`), and
+    stored in every checkpoint as a plain dict (:meth:`to_dict` / :meth:`from_dict`).
+    """
 
     name: str
     image_shape: tuple[int, int, int]
     num_classes: int
     has_labels: bool
+
+    @classmethod
+    def of(cls, dataset: AnyDataset) -> DataInfo:
+        """The facts about a loaded dataset (labels: any sample labeled; streamed: has classes)."""
+        has_labels = getattr(dataset, "has_labels", None)
+        if has_labels is None:
+            has_labels = dataset.num_classes > 0
+        c, h, w = (int(v) for v in dataset.image_shape)
+        return cls(dataset.name, (c, h, w), int(dataset.num_classes), bool(has_labels))
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec, image_size: int = 64) -> DataInfo:
+        """The facts a dataset's spec declares (image folders: ``image_size`` square RGB)."""
+        c, h, w = spec.image_shape or (3, image_size, image_size)
+        return cls(spec.name, (int(c), int(h), int(w)), spec.num_classes, spec.num_classes > 0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "has_labels": self.has_labels,
+        }
+
+    @classmethod
+    def from_dict(cls, content: dict) -> DataInfo:
+        c, h, w = (int(v) for v in content["image_shape"])
+        return cls(str(content["name"]), (c, h, w), int(content["num_classes"]),
+                   bool(content["has_labels"]))

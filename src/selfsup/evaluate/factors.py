@@ -22,7 +22,6 @@ is scored on ``train``, ``heldout`` (in-distribution), ``val`` and ``test`` (out
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,7 +42,7 @@ __all__ = [
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 EVAL_SPLITS = ("train", "heldout", "val", "test")
-RESULT_FILE = "eval_factors.json"
+RESULT_NAME = "factors"  # saved as RUN_DIR/eval/factors.json
 CHUNK = 8192
 
 
@@ -238,7 +237,7 @@ def _factor_tensor(dataset: Any) -> torch.Tensor:
 @torch.no_grad()
 def _representations(method: Any, dataset: Any, batch_size: int, device: str | torch.device
                      ) -> dict[str, torch.Tensor]:
-    from selfsup.evaluate.features import extract_features
+    from selfsup.evaluate.features import frozen_features
 
     dims: dict[str, int] = {}
 
@@ -253,7 +252,7 @@ def _representations(method: Any, dataset: Any, batch_size: int, device: str | t
         dims["code"] = c.shape[1]
         return torch.cat([h, c.float().flatten(1)], dim=1)
 
-    out, _ = extract_features(both, dataset, batch_size, device)
+    out, _ = frozen_features(method, dataset, batch_size, device, represent=both)
     h = out[:, : dims["features"]]
     reps = {"features": h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)}
     if "code" in dims:
@@ -290,24 +289,19 @@ def evaluate_factors(
         )
     info = info_fn()
     started = time.perf_counter()
-    was_training = method.training
-    method.eval()
     reps: dict[str, dict[str, torch.Tensor]] = {}
     factors: dict[str, torch.Tensor] = {}
     sizes: dict[str, int] = {}
-    try:
-        for i, split in enumerate(EVAL_SPLITS):
-            dataset = _load_split(config, split, data_dir, max_samples, seed + i)
-            if len(dataset) == 0:
-                if split == "heldout":
-                    continue
-                raise DataError(f"The {split} split of {spec.name} is empty; nothing to probe.")
-            factors[split] = _factor_tensor(dataset)
-            sizes[split] = len(dataset)
-            for rep, x in _representations(method, dataset, batch_size, device).items():
-                reps.setdefault(rep, {})[split] = x
-    finally:
-        method.train(was_training)
+    for i, split in enumerate(EVAL_SPLITS):
+        dataset = _load_split(config, split, data_dir, max_samples, seed + i)
+        if len(dataset) == 0:
+            if split == "heldout":
+                continue
+            raise DataError(f"The {split} split of {spec.name} is empty; nothing to probe.")
+        factors[split] = _factor_tensor(dataset)
+        sizes[split] = len(dataset)
+        for rep, x in _representations(method, dataset, batch_size, device).items():
+            reps.setdefault(rep, {})[split] = x
     values = {s: info.factor_values(f) for s, f in factors.items()}
     rows = factor_probes(reps, factors, values, info.names, info.kinds, alphas)
     return {
@@ -326,10 +320,10 @@ def evaluate_factors(
 
 
 def save_result(result: dict[str, Any], run_dir: str | Path) -> Path:
-    """Write ``result`` as ``RUN_DIR/eval_factors.json``; returns the path."""
-    path = Path(run_dir) / RESULT_FILE
-    path.write_text(json.dumps(result, indent=2))
-    return path
+    """Write ``result`` as the run's ``eval/factors.json``; returns the path."""
+    from selfsup.rundir import RunFolder
+
+    return RunFolder(run_dir).save_evaluation(RESULT_NAME, result)
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -1,15 +1,19 @@
 """Frozen features and the helpers every probe shares.
 
 :func:`extract_features` turns a dataset into a float32 feature matrix by calling a frozen
-``represent`` function batch by batch. The probes then only see tensors: :func:`standardize`
-(z-scoring with training statistics), :func:`split_train_val` (a seeded, stratified validation
-split carved from the training split, so that no hyperparameter is ever chosen on test data) and
-:func:`labeled_only` (dropping ``-1`` = unlabeled samples, with a clear error when nothing is left).
+``represent`` function batch by batch; :func:`frozen_features` does it for a trained method in
+evaluation mode (batch norm uses its running statistics and keeps them; the mode is restored
+after), which is how every evaluation, figure and comparison extracts features. The probes then
+only see tensors: :func:`standardize` (z-scoring with training statistics),
+:func:`split_train_val` (a seeded, stratified validation split carved from the training split,
+so that no hyperparameter is ever chosen on test data) and :func:`labeled_only` (dropping ``-1``
+= unlabeled samples, with a clear error when nothing is left).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,6 +24,8 @@ from selfsup.errors import ConfigError, DataError, RunError
 __all__ = [
     "accuracy",
     "extract_features",
+    "frozen",
+    "frozen_features",
     "labeled_only",
     "predict_classes",
     "resolve_device",
@@ -113,6 +119,35 @@ def extract_features(
             "are not in the format the model was trained on; evaluate a healthy checkpoint."
         )
     return x, y
+
+
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` in eval mode without gradients inside the block; its mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+def frozen_features(
+    method: Any,
+    dataset: Any,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    represent: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`extract_features` of ``method.represent`` (or ``represent``, e.g. a function of the
+    method that also returns its code) with the method frozen; ``device`` defaults to the
+    method's. Returns float32 CPU features (N, D) and int64 labels (N,)."""
+    with frozen(method):
+        return extract_features(
+            represent or method.represent, dataset, batch_size,
+            method.device if device is None else device,
+        )
 
 
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -229,12 +229,7 @@ class Method(L.LightningModule):
             "version": __version__,
             "method": self.name,
             "config": self.config.to_dict(),
-            "data_info": {
-                "name": self.info.name,
-                "image_shape": list(self.info.image_shape),
-                "num_classes": self.info.num_classes,
-                "has_labels": self.info.has_labels,
-            },
+            "data_info": self.info.to_dict(),
         }
 
     # ------------------------------------------------------------------------------ internals
