@@ -166,7 +166,7 @@ def test_train_on_mnist_fixture_files(tmp_path):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["train", "nosuchmethod"], ["invalid choice: 'nosuchmethod'", "vae"]),
+        (["train", "nosuchmethod"], ["Unknown method 'nosuchmethod'", "vae"]),
         (
             ["train", "vae", "--dataset", "mnist", "--data-dir", "/nonexistent"],
             ["train-images-idx3-ubyte", "--download"],
@@ -288,9 +288,9 @@ def test_writes_into_an_unwritable_folder_are_refused_first(tmp_path):
     `compare` checks it before training anything."""
     out = unwritable(tmp_path)
     _assert_clean_error(selfsup("generate", "--run", "r", "--n", "4", "--out", str(out)),
-                        "Cannot write to the output folder")
+                        "Cannot write into", "generate writes its images there")
     proc = selfsup("compare", "--preset", "digits-all", "--methods", "vae", "--out", str(out))
-    _assert_clean_error(proc, "Cannot write to the output folder")
+    _assert_clean_error(proc, "Cannot write into", "compare writes")
 
 
 # ----------------------------------------------------------------- issue 20: help and paths
@@ -393,8 +393,11 @@ def test_benchmarks_run_from_another_folder(tmp_path):
 
 
 def _fake_run(folder: Path, method: str, dataset: str, evals: dict) -> Path:
-    """A run folder as `selfsup report` reads it: config.yaml and eval/*.json."""
+    """A run folder as `selfsup report` reads it: config.yaml, a checkpoint file (a trained run)
+    and eval/*.json."""
     (folder / "eval").mkdir(parents=True)
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
     (folder / "config.yaml").write_text(
         f"method: {method}\ndata: {{name: {dataset}, batch_size: 64}}\ntrainer: {{epochs: 1}}\n")
     for name, result in evals.items():

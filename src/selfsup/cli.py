@@ -429,6 +429,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         if not args.method:
             raise ConfigError("Name a method to train, e.g. `selfsup train vae --dataset mnist`.")
+        if args.method not in METHODS:
+            raise ConfigError(f"Unknown method {args.method!r}. Available methods: "
+                              f"{', '.join(METHODS)} (`selfsup train --help` describes them).")
         if args.preset and args.config:
             raise ConfigError("Pass either --preset (an installed preset) or --config (a file).")
         flags = _parse_free_flags(extra)
@@ -466,6 +469,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         "samples_per_second": round(result.samples_per_second, 1),
         "interrupted": result.interrupted,
     }
+    from selfsup import pipelines
+
     title = "Training interrupted; checkpoint saved." if result.interrupted else "Training done."
     if result.aborted:
         title = "Training stopped at once (second Ctrl-C); the step in flight was not saved."
@@ -491,7 +496,8 @@ def _resume(args: argparse.Namespace, extra: list[str], given: dict[str, Any]) -
     flag = {_dest(option): option[0][0] for option in TRAIN_OPTIONS}
     fixed = [flag[d] for d in ("dataset", "out", "preset", "config", "no_preset")
              if getattr(args, d)]
-    fixed += ([f"the method {args.method!r}"] if args.method else []) + extra
+    fixed += extra or ([f"the method {args.method!r}"] if args.method else [])  # a flag's value
+    # lands in METHOD when the flag is not one of train's: then the flag is what is named
     if fixed:
         raise ConfigError(
             f"--resume continues the run in its own folder with its saved method, dataset and "
@@ -780,7 +786,8 @@ def _add_train(sub: Any, name: str, method_for_help: str | None) -> None:
                        "the preset for the dataset, --preset/--config, these flags and --set; "
                        "any config key is also a flag (--latent-dim 8 sets model.latent_dim).",
                        lazy_epilog=_train_epilog(method_for_help))
-    p.add_argument("method", nargs="?", choices=METHODS, metavar="METHOD",
+    # no argparse choices: after --resume a value of a stray flag lands here (refused by name)
+    p.add_argument("method", nargs="?", metavar="METHOD",
                    help="the method to train (listed below)")
     _add(p, TRAIN_OPTIONS)
 

@@ -59,6 +59,6 @@ def check_writable(folder: Path) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise RunError(
-            f"Cannot write to the output folder {folder} ({existing} is not a writable folder). "
-            "Choose a writable folder with --out, or fix its permissions."
+            f"Cannot write into {folder} ({existing} is not a writable folder), but generate "
+            "writes its images there. Choose a writable folder with --out, or fix its permissions."
         )
