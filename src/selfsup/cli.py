@@ -588,7 +588,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from selfsup.report import save_evaluation
 
         result = fid_of_run(method, data_dir=args.data_dir, seed=args.seed, device=args.device,
-                            progress=not args.json, **options)
+                            progress=True, **options)
         name = fid_eval_name(options["mode"], options["protocol"])
         result["json_file"] = str(save_evaluation(args.run, name, result))
         _emit(result, args.json, f"FID of {args.run} ({options['mode']} samples, protocol "
@@ -608,7 +608,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     written = generate(args.run, args.out, n=args.n, mode=args.mode, steps=args.steps,
                        seed=args.seed, device=args.device, data_dir=args.data_dir,
-                       progress=not args.json)
+                       progress=True)
     _emit(written, args.json, "Wrote:")
     return 0
 
@@ -630,7 +630,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from selfsup.evaluate.fid import fid_between_folders
 
     result = fid_between_folders(args.dir_a, args.dir_b, args.inception_weights,
-                                 args.batch_size, args.device, progress=not args.json)
+                                 args.batch_size, args.device, progress=True)
     _emit(result, args.json, f"FID between {args.dir_a} and {args.dir_b}:")
     return 0
 
