@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
@@ -29,7 +32,11 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as JSON; a relative ``benchmarks/results/...`` path means the
+    repository's results folder, whatever the working folder."""
     path = Path(path)
+    if not path.is_absolute() and path.parts[:2] == ("benchmarks", "results"):
+        path = ROOT / path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {path}")

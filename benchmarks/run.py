@@ -1,18 +1,29 @@
-"""One entry point for every benchmark: ``python -m benchmarks.run NAME [ARGS...]``.
+"""One entry point for every benchmark: ``python -m benchmarks.run NAME [ARGS...]`` from the
+repository root, or ``python PATH/TO/benchmarks/run.py NAME [ARGS...]`` from any folder.
 
 ``python -m benchmarks.run`` alone lists the benchmarks. Each writes a JSON result (machine, torch
-version, device, figures) under ``benchmarks/results/`` and prints a table; ``ARGS`` go to the
-benchmark itself (``python -m benchmarks.run NAME --help`` shows them).
+version, device, figures) under the repository's ``benchmarks/results/`` and prints a table;
+``ARGS`` go to the benchmark itself (``python -m benchmarks.run NAME --help`` shows them).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file from anywhere: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "speed": ("benchmarks.speed", "matmul peak; VICReg vs per-image reference pipelines; SimVAE "
-              "FLOPs, fraction of peak, bf16; time to 97% on MNIST"),
+    "speed": ("benchmarks.speed", "all speed-* parts (on a CPU: not resnet32, syncs), one JSON"),
+    "speed-vicreg": ("benchmarks.speed.vicreg", "VICReg: selfsup vs torchvision/lightly per-image"),
+    "speed-toggles": ("benchmarks.speed.toggles", "VICReg with each speed feature on alone"),
+    "speed-simvae": ("benchmarks.speed.simvae", "SimVAE MLP: FLOPs, fraction of peak, bf16"),
+    "speed-methods": ("benchmarks.speed.methods", "every method: samples/s, FLOPs, memory"),
+    "speed-tta": ("benchmarks.speed.tta", "SimCLR: time to 97% linear accuracy on MNIST"),
+    "speed-resnet32": ("benchmarks.speed.resnet32", "ResNet-18 on 32 px: selfsup vs reference"),
+    "speed-syncs": ("benchmarks.speed.syncs", "host-device synchronizations per step (GPU)"),
     "augment": ("benchmarks.augment_speed", "BatchAugment vs kornia vs per-image torchvision"),
     "simvae-cifar-augment": ("benchmarks.simvae_cifar_augment",
                              "SimVAE CIFAR-10 augmentation: released 256 px order vs 32 px crop"),

@@ -13,13 +13,14 @@ import torchvision.transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's benchmarks package
 
 from benchmarks import speed  # noqa: E402
+from benchmarks.speed import reference  # noqa: E402
 
 from selfsup.pipelines import build_config  # noqa: E402
 
 
 def test_reference_transform_mirrors_the_preset_augmentations():
     augment = build_config("vicreg", "cifar10").augment
-    transform = speed.torchvision_transform(augment, 32)
+    transform = reference.torchvision_transform(augment, 32)
     kinds = [type(t).__name__ for t in transform.transforms]
     assert kinds == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomApply",
                      "RandomGrayscale", "RandomApply", "RandomSolarize", "ToTensor", "Normalize"]
@@ -27,7 +28,8 @@ def test_reference_transform_mirrors_the_preset_augmentations():
     assert crop.scale == tuple(augment.crop_scale) and flip.p == augment.hflip
     assert jitter.p == augment.jitter_prob and isinstance(jitter.transforms[0], T.ColorJitter)
     assert transform.transforms[-1].mean == augment.mean
-    views = speed.PILViews(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8), transform, 2)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    views = reference.PILViews(images, transform, 2)
     assert views[0].shape == (2, 3, 32, 32) and views[0].dtype == torch.float32
 
 
@@ -40,7 +42,7 @@ def test_simvae_reference_loss_equals_the_methods_objective():
     method = method_class("simvae")(config, DataInfo("mnist", (1, 28, 28), 10, True))
     views = torch.rand(4, config.model.n_views, 1, 28, 28)
     torch.manual_seed(0)
-    got = speed.simvae_views_loss(method)(views)
+    got = reference.simvae_views_loss(method)(views)
     x = views.flatten(0, 1)
     mu, logvar = method.posterior(x)
     torch.manual_seed(0)

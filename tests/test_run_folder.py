@@ -20,7 +20,7 @@ import torch
 from conftest import tiny_vae_flags
 from helpers import InterruptAt
 from selfsup import cli, engine, pipelines
-from selfsup.errors import NonFiniteLossError, RunError
+from selfsup.errors import ConfigError, NonFiniteLossError, RunError
 from selfsup.rundir import RunFolder
 
 STEPS = 1438 // 64  # digits train split, batch 64
@@ -288,13 +288,16 @@ def test_samples_per_second_counts_samples(tmp_path):
     from selfsup.data.base import DataInfo
     from selfsup.methods import method_class
 
-    # a batch larger than the dataset: one batch of the 50 images per epoch, not 64
+    # a batch larger than the dataset is refused (issue 20 item 11); full batches are counted
     config = pipelines.build_config("vae", "digits", flags=tiny_vae_flags(epochs=2))
     small = pipelines.load_split(config, "train").subset(torch.arange(50))
     method = method_class("vae")(config, DataInfo.of(small))
-    result = engine.fit(method, small, None, tmp_path / "small")
-    assert result.global_step == 2 and result.samples == 100
-    assert result.samples_per_second == pytest.approx(100 / result.seconds)
+    with pytest.raises(ConfigError, match="larger than the training split"):
+        engine.fit(method, small, None, tmp_path / "small")
+    small = pipelines.load_split(config, "train").subset(torch.arange(100))
+    result = engine.fit(method, small, None, tmp_path / "full-batches")
+    assert result.global_step == 2 and result.samples == 128  # one batch of 64 per epoch
+    assert result.samples_per_second == pytest.approx(128 / result.seconds)
     # hvae symmetric: two optimizer steps per batch, each sample counted once
     config = pipelines.build_config("hvae", "digits", sets=[
         "model.objective=symmetric", "trainer.epochs=1", "trainer.plots=false",

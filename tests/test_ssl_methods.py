@@ -1,5 +1,6 @@
-"""VICReg, BYOL, SimCLR and Barlow Twins: tiny runs on the embedded digits learn something, the
-BYOL target is an EMA copy that gets no gradient and resumes exactly, and every preset loads."""
+"""VICReg, BYOL, SimCLR and Barlow Twins: tiny runs on the embedded digits learn what their
+objective teaches (invariance to the augmentations) far beyond their untrained twins, the BYOL
+target is an EMA copy that gets no gradient and resumes exactly, and every preset loads."""
 
 from __future__ import annotations
 
@@ -21,15 +22,20 @@ DATASETS = ("cifar10", "stl10", "mnist", "fashionmnist")
 STEPS_PER_EPOCH = 1438 // 64
 
 
-def tiny_flags(method: str, epochs: int = 2, **model: object) -> dict:
-    """A very small joint-embedding run on digits (conv backbone width 8, small projector)."""
+EPOCHS = 3
+
+
+def tiny_flags(method: str, epochs: int = EPOCHS, **model: object) -> dict:
+    """A very small joint-embedding run on digits: an MLP backbone 64-128-16 (a 16-d
+    representation), a small projector; BYOL, slower to start, gets Adam's lr 3e-3."""
     dims = {"simclr": [64, 32], "byol": [64, 32]}.get(method, [64, 64])
     extra = {"pred_hidden": 64} if method == "byol" else {}
     return {
-        "model": {"width": 8, "proj_dims": dims, **extra, **model},
+        "model": {"backbone": "mlp", "hidden": [128, 16], "proj_dims": dims, **extra, **model},
         "trainer": {"epochs": epochs, "progress_bar": False, "plots": False, "log_every": 5,
                     "val_every": 0},
         "data": {"batch_size": 64},
+        "optim": {"lr": 3e-3 if method == "byol" else 1e-3},
     }
 
 
@@ -41,30 +47,53 @@ def _epoch_losses(run_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    """Each method trained once for 2 epochs: (method, weights right after training, run dir)."""
+    """Each method trained once for 3 epochs: (method, weights right after training, run dir)."""
     out = {}
     for name in METHODS:
         run = tmp_path_factory.mktemp(name) / "run"
         method, result = pipelines.train(pipelines.build_config(name, "digits",
                                                                 flags=tiny_flags(name)), run)
-        assert result.global_step == 2 * STEPS_PER_EPOCH
+        assert result.global_step == EPOCHS * STEPS_PER_EPOCH
         out[name] = (method, weights(method), run)
     return out
 
 
+def augmented_knn_accuracy(method) -> float:
+    """Probe of what a joint-embedding objective teaches, invariance to its augmentations: each
+    test digit, augmented by the method's own training augmentation (a random resized crop,
+    fixed seed), is classified by a weighted cosine 5-NN vote among the clean training digits'
+    representations."""
+    from selfsup.data import load_dataset
+    from selfsup.evaluate.knn import knn_probe
+
+    train, test = load_dataset("digits", ".", "train"), load_dataset("digits", ".", "test")
+    method.eval()
+    views = method.augment(test.images, generator=torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        bank = method.represent(train.images)
+        queries = method.encode(views)
+    assert queries.shape == (len(test), method.feature_dim) and torch.isfinite(queries).all()
+    return knn_probe(bank, train.labels, queries, test.labels, ks=(5,))["accuracy"]
+
+
+# Measured on the project's 2-core VM, seeds 0-2 (untrained -> trained, this probe and budget):
+# simclr 0.31-0.35 -> 0.67-0.71, vicreg -> 0.60-0.66, barlowtwins -> 0.56-0.64, byol (lr 3e-3)
+# -> 0.46-0.58; smallest gain 0.12 (byol, seed 2). With the conv backbone used before, the
+# untrained network already scored 0.96-0.98 on the plain linear probe of digits.
+LEARNING_MARGIN = 0.1
+
+
 @pytest.mark.parametrize("name", METHODS)
-def test_tiny_run_learns_a_representation(trained, name):
+def test_tiny_run_learns_invariance_its_untrained_twin_lacks(trained, name):
     method, _, run = trained[name]
     losses = _epoch_losses(run)
-    assert len(losses) == 2 and losses[-1] < losses[0], losses
-    from selfsup.data import load_dataset
-
-    images = load_dataset("digits", ".", "test").images[:10]
-    method.eval()
-    h = method.represent(images)
-    assert h.shape == (10, method.feature_dim) and torch.isfinite(h).all()
-    result = pipelines.evaluate(method, "linear")
-    assert result["accuracy"] > 0.5, result  # chance is 0.1
+    assert len(losses) == EPOCHS and losses[-1] < losses[0], losses
+    config = pipelines.build_config(name, "digits", flags=tiny_flags(name))
+    torch.manual_seed(config.seed)  # as pipelines.train does before building the method
+    twin = method_class(name)(config, method.info)
+    untrained = augmented_knn_accuracy(twin)
+    learned = augmented_knn_accuracy(method)
+    assert learned >= untrained + LEARNING_MARGIN, (learned, untrained)
 
 
 def test_byol_target_is_a_frozen_moving_average(trained):
@@ -93,7 +122,7 @@ def test_byol_mid_epoch_interrupt_resumes_exactly(trained, tmp_path, monkeypatch
     assert result.interrupted
     monkeypatch.setattr(pipelines, "fit", original_fit)
     resumed, result = pipelines.resume(tmp_path / "split")
-    assert result.global_step == 2 * STEPS_PER_EPOCH
+    assert result.global_step == EPOCHS * STEPS_PER_EPOCH
     assert_same_weights(full, weights(resumed))
 
 

@@ -161,7 +161,9 @@ def compare(
             sets=sets,
             use_preset=bool(spec.get("use_presets", True)),
         )
-    out.mkdir(parents=True, exist_ok=True)
+    RunFolder(out).check_writable(  # before any training
+        "compare writes every method's run and the reports there",
+        "Choose a writable folder with --out, or fix its permissions.")
     runs: list[Path] = []
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}

@@ -25,11 +25,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from selfsup.catalog import PRESET_DIR
 from selfsup.data.augment import AugmentConfig
 from selfsup.errors import ConfigError
 from selfsup.optim import OptimConfig
 
-PRESET_DIR = Path(__file__).parent / "configs"
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 
 
@@ -254,7 +254,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a syntax error is a ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist. Check the path given to --config.")
+        installed = PRESET_DIR / Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else None
+        hint = (
+            f" The installed preset of that name is `--preset {path.parent.name}/{path.stem}`."
+            if installed is not None and installed.is_file()
+            else f" Installed presets are named with --preset METHOD/NAME (files in {PRESET_DIR})."
+        )
+        raise ConfigError(f"Config file {path} does not exist. Check the path given to --config."
+                          + hint)
     try:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -267,26 +274,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ``["optim.lr=0.1", "model.beta=4"]`` into a nested dict (values parsed as YAML)."""
-    nested: dict[str, Any] = {}
+    """Turn ``["optim.lr=0.1", "model.hidden=[32, 16]"]`` into a nested dict.
+
+    OmegaConf's ``from_dotlist`` does the parsing (values as YAML: ``1e-3``, ``[32, 16]``,
+    ``true``); ``key=`` is the empty string. A malformed item is a ConfigError naming it.
+    """
+    dotlist = []
     for item in items:
-        if "=" not in item:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "" in key.split("."):
             raise ConfigError(
-                f"Override {item!r} must look like key=value, e.g. --set optim.lr=0.001."
+                f"Override {item!r} must look like section.key=value, e.g. --set optim.lr=0.001."
             )
-        key, raw = item.split("=", 1)
+        entry = f"{key}={raw}" if raw.strip() else f"{key}=''"
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"Override {item!r} conflicts with another override of {part}.")
-        node[parts[-1]] = value
-    return nested
+            OmegaConf.from_dotlist([entry])
+        except (OmegaConfBaseException, yaml.YAMLError) as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(
+                f"Override {item!r}: the value {raw!r} cannot be parsed ({first}). Quote strings "
+                "and close brackets, e.g. --set model.hidden=[32,16]."
+            ) from None
+        dotlist.append(entry)
+    container = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist), resolve=False)
+    return container  # type: ignore[return-value]
 
 
 def field_names(model_class: type) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ stopped (on CPU, with the same seed).
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import shutil
@@ -50,6 +51,11 @@ from selfsup.rundir import (
 load_checkpoint_file = load_checkpoint
 #: DataInfo of a loaded dataset (kept under its old name).
 data_info = DataInfo.of
+
+# Lightning sets its loggers to INFO when imported: device lines, "Tip" adverts and "fit stopped"
+# notes would fill every run's output. selfsup prints its own summary; warnings still show.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 # --------------------------------------------------------------------------------- data loaders
@@ -478,6 +484,12 @@ def build_trainer(
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="gloo")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator is {tcfg.accelerator!r} but PyTorch sees no CUDA GPU on this "
+            "machine (torch.cuda.is_available() is False). Train on the CPU with --accelerator "
+            "cpu (or auto), or install a CUDA build of PyTorch on a machine with a GPU."
+        )
     precision: Any = tcfg.precision
     plugins: list[Any] = [AtomicCheckpointIO()]
     on_cuda = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
@@ -607,6 +619,13 @@ def fit(
         torch.set_num_threads(tcfg.num_threads)
     if launched_as_rank_zero():  # the only process that writes into the run folder
         check_output_dir(run_dir, needed_bytes(method, tcfg.keep_checkpoints))
+    n_train = len(train_set)  # type: ignore[arg-type]
+    if config.data.batch_size > n_train:
+        raise ConfigError(
+            f"data.batch_size {config.data.batch_size} is larger than the training split "
+            f"({n_train} samples of {config.data.name}), so not one full batch can be formed. "
+            f"Use --batch-size {n_train} or less."
+        )
     loader = make_loader(
         train_set, config.data.batch_size, config.seed, True, config.data.num_workers,
         tcfg.devices, augment=config.augment, n_views=method.train_views(),

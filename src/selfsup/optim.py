@@ -1,8 +1,9 @@
 """Optimizers (Adam, AdamW, SGD, LARS) and per-step learning-rate schedules.
 
 Learning rate: ``base_lr = lr * batch_size / 256`` when ``scale_lr_by_batch`` (linear scaling
-rule), else ``lr``. Schedules, evaluated once per optimizer step ``k`` with ``T`` total steps and
-``W = round(warmup_epochs * steps_per_epoch)`` warm-up steps, start factor ``s``:
+rule), else ``lr``. Schedules, evaluated once per optimizer step ``k`` with ``T`` total steps
+(epochs x steps per epoch, or ``trainer.max_steps`` when that stops earlier) and
+``W = round(warmup_epochs * T / epochs)`` warm-up steps, start factor ``s``:
 
 * warm-up (``k < W``):  ``lr_k = base_lr * (s + (1 - s) * k / W)``;
 * ``warmup_cosine`` after warm-up: ``lr_k = min_lr + (base_lr - min_lr) * (1 + cos(pi * t)) / 2``
@@ -259,9 +260,20 @@ def scheduled_lr(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer,
+    cfg: OptimConfig,
+    steps_per_epoch: int,
+    epochs: int,
+    total_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A LambdaLR to be stepped once per optimizer step, following ``cfg.schedule``."""
+    """A LambdaLR to be stepped once per optimizer step, following ``cfg.schedule``.
+
+    ``total_steps`` (T) is where training really stops (``Method.total_steps()``: ``epochs x
+    steps_per_epoch``, or ``trainer.max_steps`` when that is smaller); the default is the full
+    ``epochs x steps_per_epoch``. A shortened run keeps the schedule's shape: the warm-up stays the
+    same fraction of training, ``W = round(warmup_epochs / epochs * T)`` (solo-learn's
+    ``warmup_epochs * estimated_stepping_batches / max_epochs``), and the cosine ends at step T.
+    """
     cfg.validate()
     if steps_per_epoch < 1 or epochs < 1:
         raise ConfigError(
@@ -274,8 +286,15 @@ def build_scheduler(
             f"optim.warmup_epochs ({cfg.warmup_epochs}) is longer than training ({epochs} "
             "epochs). Reduce warmup_epochs or train for more epochs."
         )
-    total = steps_per_epoch * epochs
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    full = steps_per_epoch * epochs
+    total = full if total_steps is None else total_steps
+    if not 1 <= total <= full:
+        raise ConfigError(
+            f"The learning-rate schedule needs between 1 and {full} total steps ({epochs} epochs "
+            f"of {steps_per_epoch} steps), got {total}. Check trainer.max_steps."
+        )
+    steps_per_warmup_epoch = steps_per_epoch if total == full else total / epochs
+    warmup = round(cfg.warmup_epochs * steps_per_warmup_epoch)
     lambdas = []
     for group in optimizer.param_groups:
         base = group.get("initial_lr", group["lr"])

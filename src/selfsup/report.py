@@ -16,6 +16,7 @@ import datetime as _dt
 import html
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,14 +158,21 @@ def reportable(run_dirs: list[str | Path], note: Any = None) -> list[Path]:
 # ------------------------------------------------------------------------------------ metrics
 def headline_metrics(name: str, result: dict[str, Any]) -> dict[str, float]:
     """The figures of one evaluation shown in the table: accuracy-type scores, NMI and ARI
-    (columns ``<eval> <key>``); factor evaluations show their mean score per split."""
+    (columns ``<eval> <key>``); factor evaluations show, per split, the mean score of the
+    factors of each metric separately (``factors test accuracy (mean)``, ``factors test r2
+    (mean)``): an accuracy and an R^2 are never averaged together."""
     out: dict[str, float] = {}
     if name.startswith("factors"):
         try:
             from selfsup.plots import factor_scores_table
 
             for split, row in factor_scores_table(result).items():
-                out[f"{name} {split} (mean)"] = sum(row.values()) / len(row)
+                groups: dict[str, list[float]] = {}
+                for label, value in row.items():
+                    groups.setdefault(_factor_metric(label), []).append(value)
+                for metric, values in groups.items():
+                    column = f"{name} {split} {metric} (mean)".replace("  ", " ")
+                    out[column] = sum(values) / len(values)
         except ValueError:
             pass
         return out
@@ -178,6 +186,14 @@ def headline_metrics(name: str, result: dict[str, Any]) -> dict[str, float]:
                 continue  # the same number as accuracy_k<first k>
             out[f"{name} {key.replace('accuracy_', '').replace('accuracy', 'acc')}"] = float(value)
     return out
+
+
+def _factor_metric(label: str) -> str:
+    """``"shape (accuracy) [code]"`` -> ``"accuracy [code]"``, ``"shape"`` -> ``""``: the metric
+    (and representation) of a factor score as :func:`selfsup.plots.factor_scores_table` labels
+    it."""
+    match = re.fullmatch(r".*\(([^()]*)\)( \[.*\])?", label)
+    return "" if match is None else match.group(1) + (match.group(2) or "")
 
 
 def _table(summaries: list[RunSummary]) -> tuple[list[str], list[list[Any]]]:
@@ -203,26 +219,31 @@ def _column_order(column: str) -> int:
     return len(order)
 
 
-def _best(rows: list[list[Any]], j: int, column: str = "") -> float | None:
-    values = [r[j] for r in rows if r[j] is not None]
-    if len(values) < 2:
-        return None
-    return min(values) if column.startswith("fid") else max(values)  # FID: lower is better
+def _best(rows: list[list[Any]], j: int, column: str, datasets: list[str], i: int) -> bool:
+    """Whether row ``i``'s value in column ``j`` is the best among the runs on the same dataset as
+    run ``i`` (a column is one metric; scores on other datasets are not comparable). Best is the
+    highest, except for FID columns, where it is the lowest."""
+    value = rows[i][j]
+    same = [r[j] for r, d in zip(rows, datasets, strict=True)
+            if d == datasets[i] and r[j] is not None]
+    best = min if column.startswith("fid") else max
+    return value is not None and len(same) > 1 and value == best(same)
 
 
 # ----------------------------------------------------------------------------------- markdown
 def render_markdown(summaries: list[RunSummary], out: Path) -> str:
-    """A Markdown table comparing the runs (best value per column in bold) and figure links."""
+    """A Markdown table comparing the runs (in bold: the best value of each column among the runs
+    on the same dataset) and figure links."""
     columns, rows = _table(summaries)
+    datasets = [s.dataset for s in summaries]
     header = ["run", "method", "dataset", "budget", "train time", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for s, row in zip(summaries, rows, strict=True):
+    for i, (s, row) in enumerate(zip(summaries, rows, strict=True)):
         link = _relative(s.run_dir, out.parent)
         cells = [f"[{s.name}]({link})", s.method, s.dataset, s.budget, s.wall_time]
         for j, value in enumerate(row):
-            best = _best(rows, j, columns[j])
             text = "-" if value is None else f"{value:.4f}"
-            cells.append(f"**{text}**" if value is not None and value == best else text)
+            cells.append(f"**{text}**" if _best(rows, j, columns[j], datasets, i) else text)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for s in summaries:
@@ -270,6 +291,7 @@ def render_html(summaries: list[RunSummary], out: Path, title: str = "selfsup re
     """One self-contained HTML page: comparison table, then each run's figures (embedded)."""
     esc = html.escape
     columns, rows = _table(summaries)
+    run_datasets = [s.dataset for s in summaries]
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     datasets = sorted({s.dataset for s in summaries})
     parts = [
@@ -278,7 +300,8 @@ def render_html(summaries: list[RunSummary], out: Path, title: str = "selfsup re
         f"<h1>{esc(title)}</h1>",
         f"<div class='meta'>{len(summaries)} run(s) on {esc(', '.join(datasets))}; generated "
         f"{stamp}. Scores are on the test split (probes fit on train, hyper-parameters chosen on "
-        "a validation split of train). Best value per column highlighted.</div>",
+        "a validation split of train). Highlighted: the best value of each column among the "
+        "runs on the same dataset.</div>",
         "<table><tr><th class='l'>run</th><th class='l'>method</th><th class='l'>dataset</th>"
         "<th class='l'>budget</th><th>train time</th>",
         *(f"<th>{esc(c)}</th>" for c in columns),
@@ -291,8 +314,7 @@ def render_html(summaries: list[RunSummary], out: Path, title: str = "selfsup re
             f"<td class='l'>{esc(s.budget)}</td><td>{esc(s.wall_time)}</td>",
         ]
         for j, value in enumerate(row):
-            best = _best(rows, j, columns[j])
-            cls = " class='best'" if value is not None and value == best else ""
+            cls = " class='best'" if _best(rows, j, columns[j], run_datasets, i) else ""
             cells.append(f"<td{cls}>{'-' if value is None else f'{value:.4f}'}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")

@@ -147,6 +147,14 @@ class Method(L.LightningModule):
             compiled.append(name)
         return compiled
 
+    def total_steps(self) -> int:
+        """T: the optimizer steps of the whole run, ``epochs x steps_per_epoch``, or
+        ``trainer.max_steps`` when that stops training earlier. Every schedule (learning rate,
+        EMA momentum) spans exactly these steps."""
+        total = self.steps_per_epoch * self.config.trainer.epochs
+        max_steps = self.config.trainer.max_steps
+        return min(total, max_steps) if max_steps > 0 else total
+
     def init_online_probe(self, feature_dim: int) -> None:
         """Attach a linear classifier trained on detached features (monitoring only)."""
         if self.config.trainer.online_probe and self.info.has_labels:
@@ -216,7 +224,8 @@ class Method(L.LightningModule):
                 }
             )
         scheduler = build_scheduler(
-            optimizer, opt_cfg, self.steps_per_epoch, self.config.trainer.epochs
+            optimizer, opt_cfg, self.steps_per_epoch, self.config.trainer.epochs,
+            total_steps=self.total_steps(),
         )
         return {
             "optimizer": optimizer,

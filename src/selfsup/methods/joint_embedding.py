@@ -328,12 +328,6 @@ class JointEmbedding(Method):
         without one (the default)."""
         return None
 
-    def total_steps(self) -> int:
-        """K: the run's optimizer steps (``max_steps`` when it stops earlier)."""
-        total = self.steps_per_epoch * self.config.trainer.epochs
-        max_steps = self.config.trainer.max_steps
-        return min(total, max_steps) if max_steps > 0 else total
-
     def target_momentum(self, step: int) -> float:
         """m_k of the target network at optimizer step k."""
         assert self.target is not None
