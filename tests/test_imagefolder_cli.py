@@ -47,7 +47,7 @@ def test_compare_on_an_image_folder_writes_a_report(tmp_path):
     out = tmp_path / "cmp"
     proc = selfsup("compare", "--preset", "digits-all", "--dataset", "imagefolder",
                    "--data-dir", str(tmp_path), "--methods", "vae,vicreg", "--max-steps", "2",
-                   "--out", str(out), "--json")
+                   "--batch-size", "8", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert set(summary["methods"]) == {"vae", "vicreg"} and summary["failed"] == {}

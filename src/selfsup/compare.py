@@ -108,6 +108,7 @@ def compare(
     methods: str | list[str] | None = None,
     epochs: int | None = None,
     max_steps: int | None = None,
+    batch_size: int | None = None,
     data_dir: str | None = None,
     threads: int | None = None,
     existing: str = "error",
@@ -116,6 +117,7 @@ def compare(
 ) -> dict[str, Any]:
     """Train, evaluate and report every method of ``preset``; returns a summary dict.
 
+    ``epochs``, ``max_steps`` and ``batch_size`` override the preset's shared budget.
     ``existing`` says what to do with a method folder that already holds a run: ``error``,
     ``overwrite`` (delete and retrain) or ``reuse`` (keep it, re-evaluate it).
     """
@@ -145,8 +147,8 @@ def compare(
     if threads:
         trainer["num_threads"] = threads
     data: dict[str, Any] = {}
-    if spec.get("batch_size"):
-        data["batch_size"] = int(spec["batch_size"])
+    if batch_size is not None or spec.get("batch_size"):
+        data["batch_size"] = int(batch_size if batch_size is not None else spec["batch_size"])
     if data_dir:
         data["dir"] = data_dir
     configs = {}

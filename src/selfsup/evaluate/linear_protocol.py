@@ -48,6 +48,21 @@ OPTIMIZERS = ("sgd", "adam")
 AUGMENTED_PROTOCOL = "sgd-augmented"
 
 
+
+def check_head_training(protocol: str, epochs: int, batch_size: int, lr: float,
+                        weight_decay: float = 0.0) -> None:
+    """Refuse a head-training budget that cannot train: epochs, batch size >= 1, lr > 0,
+    weight decay >= 0 (a ConfigError naming ``protocol``)."""
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError(
+            f"The {protocol} needs epochs >= 1 and batch_size >= 1, got {epochs} and "
+            f"{batch_size}."
+        )
+    if not lr > 0 or weight_decay < 0:
+        raise ConfigError(
+            f"The {protocol} needs lr > 0 and weight_decay >= 0, got {lr} and {weight_decay}."
+        )
+
 def linear_protocol_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -65,16 +80,7 @@ def linear_protocol_probe(
     device: str | torch.device | None = None,
 ) -> dict:
     """Test accuracy of a linear layer trained for exactly ``epochs`` epochs (cosine-decayed lr)."""
-    if epochs < 1 or batch_size < 1:
-        raise ConfigError(
-            f"The linear protocol needs epochs >= 1 and batch_size >= 1, got {epochs} and "
-            f"{batch_size}."
-        )
-    if not base_lr > 0 or weight_decay < 0:
-        raise ConfigError(
-            f"The linear protocol needs lr > 0 and weight_decay >= 0, got {base_lr} and "
-            f"{weight_decay}."
-        )
+    check_head_training("linear protocol", epochs, batch_size, base_lr, weight_decay)
     if optimizer not in OPTIMIZERS:
         raise ConfigError(
             f"optimizer {optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}."

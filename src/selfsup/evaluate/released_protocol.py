@@ -30,6 +30,7 @@ from selfsup.evaluate.features import (
     resolve_device,
     resolve_num_classes,
 )
+from selfsup.evaluate.linear_protocol import check_head_training
 
 __all__ = ["HEADS", "released_head", "released_protocol_probe"]
 
@@ -67,13 +68,7 @@ def released_protocol_probe(
     device: str | torch.device | None = None,
 ) -> dict:
     """Best (and final) test accuracy of a head trained as SimVAE's released evaluation does."""
-    if epochs < 1 or batch_size < 1:
-        raise ConfigError(
-            f"The released protocol needs epochs >= 1 and batch_size >= 1, got {epochs} and "
-            f"{batch_size}."
-        )
-    if not lr > 0:
-        raise ConfigError(f"The released protocol needs lr > 0, got {lr}.")
+    check_head_training("released protocol", epochs, batch_size, lr)
     train_x, train_y = labeled_only(train_x, train_y, "training", min_classes=2)
     test_x, test_y = labeled_only(test_x, test_y, "test")
     if train_y.numel() < batch_size:
