@@ -407,7 +407,7 @@ def _fake_run(folder: Path, method: str, dataset: str, evals: dict) -> Path:
 
 def test_report_compares_within_a_dataset_and_a_metric(tmp_path):
     """Issue 20: the report bolded digits 0.908 over MNIST 0.902 as if comparable, and averaged
-    factor accuracies with R^2 values."""
+    factor accuracies with R^2 values. FID: the lowest is the best."""
     factors = {"splits": {"train": 10, "test": 10}, "results": [
         {"factor": "shape", "metric": "accuracy", "representation": "features",
          "train": 0.9, "test": 0.8},
@@ -417,9 +417,10 @@ def test_report_compares_within_a_dataset_and_a_metric(tmp_path):
          "test": 0.0}]}
     runs = [
         _fake_run(tmp_path / "a", "vae", "digits", {"linear": {"accuracy": 0.908}}),
-        _fake_run(tmp_path / "b", "vae", "mnist", {"linear": {"accuracy": 0.902}}),
+        _fake_run(tmp_path / "b", "vae", "mnist", {"linear": {"accuracy": 0.902},
+                                                   "fid": {"fid": 40.0}}),
         _fake_run(tmp_path / "c", "simclr", "mnist", {"linear": {"accuracy": 0.899},
-                                                      "factors": factors}),
+                                                      "factors": factors, "fid": {"fid": 30.0}}),
     ]
     out = tmp_path / "r.md"
     proc = selfsup("report", *map(str, runs), "--out", str(out), "--format", "md")
@@ -432,4 +433,5 @@ def test_report_compares_within_a_dataset_and_a_metric(tmp_path):
     assert table["b"]["linear acc"] == "**0.9020**" and table["c"]["linear acc"] == "0.8990"
     assert table["c"]["factors test accuracy (mean)"] == "0.8000"
     assert table["c"]["factors test r2 (mean)"] == "0.1000"
+    assert table["c"]["fid"] == "**30.0000**" and table["b"]["fid"] == "40.0000"
     assert not any("factors test (mean)" in n for n in names)

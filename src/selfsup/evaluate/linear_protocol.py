@@ -42,11 +42,10 @@ from selfsup.evaluate.features import (
 )
 
 __all__ = ["AUGMENTED_PROTOCOL", "augmented_linear_protocol", "augmented_sgd",
-           "linear_protocol_probe"]
+           "check_head_training", "linear_protocol_probe"]
 
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTED_PROTOCOL = "sgd-augmented"
-
 
 
 def check_head_training(protocol: str, epochs: int, batch_size: int, lr: float,
@@ -62,6 +61,7 @@ def check_head_training(protocol: str, epochs: int, batch_size: int, lr: float,
         raise ConfigError(
             f"The {protocol} needs lr > 0 and weight_decay >= 0, got {lr} and {weight_decay}."
         )
+
 
 def linear_protocol_probe(
     train_x: torch.Tensor,
