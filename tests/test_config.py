@@ -36,6 +36,9 @@ def test_free_flags_map_to_their_section():
         ({"sets": ["data.batch_size=abc"]}, "batch_size"),
         ({"flags": {"no_such_option": 1}}, "--no-such-option"),
         ({"sets": ["trainer.precision=fp8"]}, "precision"),
+        # weights in float64 / bf16 met float32 inputs in a bare traceback: refused up front
+        ({"sets": ["trainer.precision=64-true"]}, "64-true are not offered"),
+        ({"sets": ["trainer.precision=bf16-true"]}, "bf16-true and 64-true"),
         ({"sets": ["trainer.devices=3", "data.batch_size=64"]}, "multiple of trainer.devices"),
         ({"sets": ["model.likelihood=poisson"]}, "likelihood"),
         ({"sets": ["bogus_section.x=1"]}, "bogus_section"),

@@ -30,7 +30,10 @@ from selfsup.data.augment import AugmentConfig
 from selfsup.errors import ConfigError
 from selfsup.optim import OptimConfig
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+#: Weights stay float32 in every supported setting: the batched augmentation, the losses and the
+#: online probe compute in float32, so "bf16-true" / "64-true" (weights in another dtype) are
+#: refused.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
 
 
 @dataclass
@@ -137,7 +140,8 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"trainer.precision {self.precision!r} is not supported; use one of "
-                f"{', '.join(PRECISIONS)} (bf16-mixed is the fast choice on recent CPUs and GPUs)."
+                f"{', '.join(PRECISIONS)} (bf16-mixed is the fast choice on recent CPUs and GPUs; "
+                "the weights stay float32, so bf16-true and 64-true are not offered)."
             )
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
             raise ConfigError(
